@@ -1,0 +1,69 @@
+"""What a finished step shows: a `runs` row per task, the catalog rebuilt, Prefect artifacts."""
+from __future__ import annotations
+
+import time
+
+from tasks.store import ArtifactStore, RunLog
+
+
+def step_rows(step: str, manifests: list[dict]) -> list[dict]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = []
+    for m in manifests:
+        s = m.get("stats", {})
+        rows.append(
+            {
+                "step": step,
+                "label": m.get("label", ""),
+                "key": m["key"],
+                "dir": m["dir"],
+                "skipped": bool(m.get("skipped", False)),
+                "rows_in": s.get("rows_in", 0),
+                "rows_out": s.get("rows_out", 0),
+                "rows_rejected": s.get("rows_rejected", 0),
+                "seconds": s.get("seconds", 0.0),
+                "finished_at": now,
+            }
+        )
+    return rows
+
+
+def publish(root: str, run_id: str, recipe_path: str, step: str, manifests: list[dict]) -> None:
+    store = ArtifactStore(root)
+    rows = step_rows(step, manifests)
+    store.publish_step(RunLog(store, run_id, recipe_path), step, manifests, rows)
+    _prefect_table(step, rows, store)
+    for m in manifests:
+        md = m.get("stats", {}).get("report_markdown")
+        if md:
+            _prefect_markdown(f"{step}-report", md, f"{step} report ({m.get('label', '')})")
+
+
+def _key(s: str) -> str:
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in s.lower())[:100]
+
+
+def _prefect_table(step: str, rows: list[dict], store: ArtifactStore) -> None:
+    try:
+        from prefect.artifacts import create_table_artifact
+    except ImportError:
+        return
+    table = [
+        {k: r[k] for k in ("label", "rows_in", "rows_out", "rows_rejected", "skipped", "seconds")}
+        | {"artifact": str(store.root / r["dir"])}
+        for r in rows
+    ]
+    try:
+        create_table_artifact(key=_key(f"{step}-counts"), table=table,
+                              description=f"{step}: rows in/out/rejected per task; catalog: {store.root / 'catalog.duckdb'}")
+    except Exception:  # outside a flow run there is nowhere to publish
+        pass
+
+
+def _prefect_markdown(key: str, markdown: str, description: str) -> None:
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(key=_key(key), markdown=markdown, description=description)
+    except Exception:
+        pass

@@ -1,0 +1,270 @@
+"""Typed, frozen recipe configuration. YAML exists only at this edge (`load_recipe`).
+
+Every section rejects unknown keys, so a typo is an error before anything runs.
+Each step owns its section class here; defaults are documented on the fields.
+"""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import RecipeError
+from tasks.store import safe_name
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Section):
+    """One input: `name`, `format` (a reader registry name), `path` (file, glob or hf:// URI)."""
+
+    name: str
+    format: str
+    path: str
+    templates: str | None = None  # promptsource templates.yaml
+    templates_per_row: int = Field(1, ge=1)  # promptsource / FLAN CoT: templates rendered per row (seeded)
+    template_names: list[str] | None = None  # promptsource: restrict to these template names
+    task: str | None = None  # override the task name the reader derives
+    priority: int = 0  # dedup keeps the higher priority record of a cluster
+    options: dict[str, Any] = Field(default_factory=dict)  # reader-specific options, documented per reader
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return safe_name(v, "source name")
+
+
+class DedupConfig(Section):
+    enabled: bool = True
+    projection: Literal["prompt", "response", "conversation"] = "conversation"
+    scope: Literal["within_source", "global"] = "global"
+    threshold: float = Field(0.8, gt=0, le=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle: Literal["word", "char"] = "word"
+    shingle_size: int = Field(5, ge=1, le=32)
+    seed: int = 1
+    template_variants: Literal["keep", "dedup"] = "keep"  # same example_id, different template
+    verify: Literal["exact", "estimate"] = "exact"
+
+
+class SplitConfig(Section):
+    eval_fraction: float | None = Field(0.05, ge=0, lt=1)
+    eval_rows: int | None = Field(None, ge=0)  # per source and task; overrides eval_fraction
+    seed: int = 7
+
+
+class BenchmarkConfig(Section):
+    name: str
+    path: str
+    field: str | list[str]  # prompt field(s); a list value (e.g. MT-Bench `turns`) is joined
+    id_field: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return safe_name(v, "benchmark name")
+
+
+class DecontaminationConfig(Section):
+    ngram: int = Field(13, ge=3, le=50)
+    heldout: bool = True  # compare against the project's own held-out split
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+
+
+class ValidateConfig(Section):
+    suite: str = "expectations/records.json"
+    languages: list[str] | None = None  # allowed user-turn languages (ISO 639-1); None = any
+    max_turn_chars: int = 20_000
+    max_conversation_chars: int = 100_000
+    min_turn_chars: int = 1
+    max_turn_tokens: int | None = None
+    max_conversation_tokens: int | None = None
+    banned_phrases: list[str] = Field(
+        default_factory=lambda: [
+            "as an ai language model",
+            "i am a language model trained by openai",
+            "i'm an ai language model",
+            "as a large language model",
+            "i cannot fulfill this request",
+        ]
+    )
+    max_reject_share: float = Field(0.5, ge=0, le=1)  # per source, dataset-level
+    min_rows_per_source: int = Field(1, ge=0)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+
+
+class ReplayConfig(Section):
+    from_: str = Field(alias="from")
+    share: float = Field(gt=0, lt=1)
+    disjoint: bool = True  # replay rows the earlier stage did not use, where there are enough
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StageConfig(Section):
+    name: str
+    sources: list[str] | None = None  # default: every source named in `shares`/`weights`
+    tasks: list[str] | None = None
+    strategy: Literal["proportional", "temperature", "target"] = "proportional"
+    unit: Literal["examples", "tokens"] = "examples"
+    shares: dict[str, float] | None = None  # target strategy
+    weights: dict[str, float] | None = None  # proportional/temperature: multiplies sizes
+    temperature: float = Field(2.0, gt=0)
+    cap_per_task: int | None = Field(None, ge=1)
+    total: int | None = Field(None, ge=1)  # rows or tokens (by unit); None = use everything once
+    upsample: bool = True
+    replay: ReplayConfig | None = None
+    share_tolerance: float = Field(0.02, ge=0, le=1)
+    seed: int = 11
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return safe_name(v, "stage name")
+
+
+class TrainConfig(Section):
+    model: str = "tiny"  # "tiny" (built from a config) or a local path / hub name for from_pretrained
+    tokenizer: str | None = None  # default: the model's, or a byte-level BPE trained on stage-1 data
+    trust_remote_code: bool = False
+    allow_unsafe_weights: bool = False  # pickle / .bin weights
+    method: Literal["lora", "full"] = "lora"
+    between_stages: Literal["continue", "merge"] = "merge"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    max_seq_len: int = 512
+    truncation: Literal["truncate", "drop"] = "truncate"
+    packing: bool = True
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 8  # sequences (packed bins) per optimizer step per device
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    seed: int = 3
+    checkpoint_every: int = 50
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tiny: dict[str, Any] = Field(default_factory=dict)  # overrides of the tiny model config
+    vocab_size: int = 2048  # tokenizer trained for the tiny model
+
+
+class EvaluateConfig(Section):
+    enabled: bool = True
+    mmlu: list[str] = Field(default_factory=list)  # globs of MMLU-format CSV files
+    generation_samples: int = 16
+    max_new_tokens: int = 32
+    batch_size: int = 8
+    max_rows_per_task: int = 200
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Recipe(Section):
+    """A whole recipe. Paths are resolved relative to the recipe file."""
+
+    sources: list[SourceConfig]
+    seed: int = 0
+    on_error: Literal["strict", "lenient"] = "lenient"
+    max_reject_share: float = Field(0.5, ge=0, le=1)  # ingest/convert: a step fails above this share
+    shard_rows: int = Field(100_000, ge=1)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    stages: list[StageConfig] = Field(default_factory=list)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    dask_address: str | None = None  # run shard tasks on this Dask scheduler
+    base_dir: str = "."  # directory the recipe's relative paths are resolved against
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def validate_cfg(self) -> ValidateConfig:
+        return self.validate_
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Recipe":
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {sorted(dup)}")
+        stages = [s.name for s in self.stages]
+        if len(set(stages)) != len(stages):
+            raise ValueError("stage names must be unique")
+        return self
+
+    def resolve(self, path: str) -> str:
+        """A recipe path made absolute against the recipe's directory (hf:// URIs unchanged)."""
+        if path.startswith("hf://") or Path(path).is_absolute():
+            return path
+        return str((Path(self.base_dir) / path).resolve())
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise RecipeError(f"unknown source {name!r}; recipe has {[s.name for s in self.sources]}")
+
+    def source_files(self, source: SourceConfig) -> list[str]:
+        """The files a source names, sorted; a clear error when none match."""
+        path = self.resolve(source.path)
+        if path.startswith("hf://"):
+            return [path]
+        files = sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
+        if not files:
+            raise RecipeError(f"source {source.name!r}: no file matches {source.path!r} (resolved to {path})")
+        return files
+
+
+def _format_validation_error(file: str, exc: ValidationError) -> str:
+    lines = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return f"{file}: invalid recipe\n" + "\n".join(lines)
+
+
+def parse_recipe(data: dict, base_dir: str | Path = ".", file: str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{file}: a recipe is a YAML mapping with a `sources` list")
+    try:
+        recipe = Recipe.model_validate({**data, "base_dir": str(Path(base_dir).resolve())})
+    except ValidationError as exc:
+        raise RecipeError(_format_validation_error(file, exc)) from None
+    check_recipe(recipe, file)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, validate and check a recipe: unknown keys, formats or missing files fail here."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    return parse_recipe(data, path.parent, str(path))
+
+
+def check_recipe(recipe: Recipe, file: str = "<recipe>") -> None:
+    """Checks that need the registries or the file system; all before any data is read."""
+    from tasks.ingest import READERS
+
+    for s in recipe.sources:
+        if s.format not in READERS:
+            raise RecipeError(f"{file}: source {s.name!r}: unknown format {s.format!r}; known: {sorted(READERS)}")
+        recipe.source_files(s)
+        if s.templates is not None and not Path(recipe.resolve(s.templates)).is_file():
+            raise RecipeError(f"{file}: source {s.name!r}: templates file not found: {s.templates}")
+        READERS[s.format].check_source(recipe, s)

@@ -1,0 +1,106 @@
+"""The one contract every step body follows.
+
+A step body is a plain function that receives a `StepWriter`, writes its tables and
+fills `writer.stats` with at least `rows_in`, `rows_out`, `rows_rejected`
+(rows in = rows out + rows rejected). `run_step` computes the content key, returns the
+existing manifest when it verifies (a cache hit: the body never runs), and otherwise
+runs the body and publishes atomically.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from tasks.errors import TooManyRejects
+from tasks.store import ArtifactStore, StepWriter, step_key
+
+log = logging.getLogger("tuneline")
+
+
+def logger():
+    """Prefect's run logger inside a run (so lines show in the UI), else the std logger."""
+    try:
+        from prefect import get_run_logger
+        from prefect.context import MissingContextError
+
+        try:
+            return get_run_logger()
+        except MissingContextError:
+            return log
+    except ImportError:
+        return log
+
+
+def input_ref(manifest: dict) -> dict:
+    """What of an upstream manifest goes into a downstream key: its step and key only."""
+    return {"step": manifest["step"], "key": manifest["key"]}
+
+
+def run_step(
+    store: ArtifactStore,
+    step: str,
+    version: int,
+    inputs: Any,
+    config: Any,
+    label: str,
+    body: Callable[[StepWriter], None],
+    max_reject_share: float | None = None,
+) -> dict:
+    """Run `body` unless a verified manifest for the same inputs+config+version exists."""
+    key = step_key(step, version, inputs, config)
+    found = store.load(step, key)
+    if found is not None:
+        found["skipped"] = True
+        logger().info(f"{step} {label}: up to date ({key}), skipped")
+        return found
+    writer = store.begin(step, key, label=label, version=version, inputs=inputs, config=config)
+    t0 = time.perf_counter()
+    try:
+        body(writer)
+        stats = writer.stats
+        for k in ("rows_in", "rows_out", "rows_rejected"):
+            stats.setdefault(k, 0)
+        if stats["rows_in"] != stats["rows_out"] + stats["rows_rejected"]:
+            raise AssertionError(
+                f"{step} {label}: rows in {stats['rows_in']} != out {stats['rows_out']} "
+                f"+ rejected {stats['rows_rejected']}"
+            )
+        if max_reject_share is not None and stats["rows_in"]:
+            share = stats["rows_rejected"] / stats["rows_in"]
+            if share > max_reject_share:
+                raise TooManyRejects(
+                    f"{step} {label}: rejected {stats['rows_rejected']} of {stats['rows_in']} rows "
+                    f"({share:.1%}), above max_reject_share {max_reject_share:.1%}; see the rejects "
+                    f"this step would have written with on_error: lenient and a higher max_reject_share"
+                )
+        stats["seconds"] = round(time.perf_counter() - t0, 3)
+        manifest = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    manifest["skipped"] = False
+    return manifest
+
+
+class Progress:
+    """Logs rows done and rows/s at most every `every_s` seconds, and once at the end."""
+
+    def __init__(self, what: str, every_s: float = 5.0):
+        self.what, self.every_s = what, every_s
+        self.t0 = self.last = time.perf_counter()
+        self.rows = 0
+
+    def add(self, n: int) -> None:
+        self.rows += n
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._log(now)
+
+    def done(self) -> None:
+        self._log(time.perf_counter())
+
+    def _log(self, now: float) -> None:
+        dt = max(now - self.t0, 1e-9)
+        logger().info(f"{self.what}: {self.rows:,} rows, {self.rows / dt:,.0f} rows/s")

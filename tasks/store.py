@@ -1,0 +1,343 @@
+"""The artifact store: immutable, content-keyed step outputs with verifying manifests.
+
+Layout under the artifacts root (default `./artifacts`)::
+
+    <step>/<key>/<table>-00000.parquet   zstd Parquet parts
+    <step>/<key>/manifest.json           written last; lists every part with rows, bytes, sha256
+    runs/<run_id>.jsonl                  one line per step task of a run (the `runs` view)
+    latest.json                          step -> manifests of the latest run that published it
+    catalog.duckdb                       views over `latest.json`, rebuilt atomically
+
+A step's key is a content hash of its inputs (file contents or upstream manifest keys),
+its config and its version, never a run id: the same work always lands in the same
+directory, and a directory whose manifest verifies is reused instead of recomputed.
+
+Publishing is atomic at two levels: each file is written to a temp name, fsynced and
+renamed; the whole step is staged in `<step>/.staging-<key>-<pid>-<rand>/` and the
+directory is renamed to `<step>/<key>/` only after its manifest is written. A crash
+leaves at most a staging directory, which nothing reads and the next run removes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.errors import TunelineError
+
+MANIFEST = "manifest.json"
+PART_ROWS = 200_000
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+#: Test-only fault injection: set to a callable(point: str) to crash at named points.
+FAULT_HOOK = None
+
+
+def _fault(point: str) -> None:
+    hook = FAULT_HOOK
+    if hook is None and os.environ.get("TUNELINE_FAULT") == point:
+        os.kill(os.getpid(), 9)
+    if hook is not None:
+        hook(point)
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """Refuse names that could escape a directory (`..`, `/`, NUL, absolute paths)."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise TunelineError(
+            f"invalid {what} {name!r}: use letters, digits, '_', '-', '.', no '..', at most 128 chars"
+        )
+    return name
+
+
+def content_hash(obj: Any) -> str:
+    """sha256 of a canonical JSON rendering (sorted keys), for configs and key parts."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def step_key(step: str, version: int, inputs: Any, config: Any) -> str:
+    """Content key of a step: its name, version, inputs and config. No run id, no time."""
+    return content_hash({"step": step, "version": version, "inputs": inputs, "config": config})[:32]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fault("before_rename")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
+
+
+@dataclass
+class _TableWriter:
+    """Streams record batches of one table into rolling zstd Parquet parts."""
+
+    directory: Path
+    name: str
+    schema: pa.Schema
+    part_rows: int
+    parts: list[dict] = field(default_factory=list)
+    _writer: pq.ParquetWriter | None = None
+    _tmp: Path | None = None
+    _final: Path | None = None
+    _rows: int = 0
+
+    def write(self, data: pa.Table | pa.RecordBatch | list[dict]) -> None:
+        if isinstance(data, list):
+            data = pa.Table.from_pylist(data, schema=self.schema)
+        elif data.schema != self.schema:
+            data = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+            data = data.select(self.schema.names).cast(self.schema)
+        offset = 0
+        while offset < data.num_rows:
+            if self._writer is None:
+                self._open()
+            take = min(self.part_rows - self._rows, data.num_rows - offset)
+            self._writer.write(data.slice(offset, take), row_group_size=65_536)
+            self._rows += take
+            offset += take
+            if self._rows >= self.part_rows:
+                self._close_part()
+
+    def _open(self) -> None:
+        self._final = self.directory / f"{self.name}-{len(self.parts):05d}.parquet"
+        self._tmp = self.directory / f".{self._final.name}.tmp"
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._rows = 0
+
+    def _close_part(self) -> None:
+        self._writer.close()
+        with open(self._tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self._tmp, self._final)
+        self.parts.append(
+            {
+                "file": self._final.name,
+                "rows": self._rows,
+                "bytes": self._final.stat().st_size,
+                "sha256": file_sha256(self._final),
+            }
+        )
+        self._writer = None
+
+    def close(self) -> list[dict]:
+        if self._writer is None and not self.parts:
+            self._open()  # an empty table still gets one part, so its view has a schema
+        if self._writer is not None:
+            self._close_part()
+        return self.parts
+
+
+class StepWriter:
+    """Stages one step's tables; `commit()` writes the manifest and publishes the directory."""
+
+    def __init__(self, store: "ArtifactStore", step: str, key: str, meta: dict):
+        self.store, self.step, self.key, self.meta = store, step, key, meta
+        self.dir = store.root / step / f".staging-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.dir.mkdir(parents=True)
+        self._tables: dict[str, _TableWriter] = {}
+        self.stats: dict[str, Any] = {}
+
+    def table(self, name: str, schema: pa.Schema, part_rows: int = PART_ROWS) -> _TableWriter:
+        safe_name(name, "table name")
+        if name not in self._tables:
+            self._tables[name] = _TableWriter(self.dir, name, schema, part_rows)
+        return self._tables[name]
+
+    def write(self, name: str, schema: pa.Schema, data) -> None:
+        self.table(name, schema).write(data)
+
+    def attach_file(self, name: str, data: bytes) -> None:
+        """A non-Parquet file kept with the step (a report, a validation result)."""
+        atomic_write_bytes(self.dir / safe_name(name, "file name"), data)
+        self.meta.setdefault("files", []).append(name)
+
+    def commit(self) -> dict:
+        tables = {name: w.close() for name, w in self._tables.items()}
+        manifest = {
+            **self.meta,
+            "step": self.step,
+            "key": self.key,
+            "tables": tables,
+            "stats": self.stats,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _fault(f"{self.step}:before_manifest")
+        atomic_write_json(self.dir / MANIFEST, manifest)
+        final = self.store.root / self.step / self.key
+        try:
+            os.rename(self.dir, final)
+        except OSError:
+            # Someone published the same key first (a concurrent identical run): theirs wins.
+            shutil.rmtree(self.dir, ignore_errors=True)
+            existing = self.store.load(self.step, self.key)
+            if existing is None:
+                raise
+            return existing
+        _fsync_dir(final.parent)
+        return self.store.load(self.step, self.key, verify=False)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ArtifactStore:
+    """Content-keyed, verified step outputs under one root directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- steps -------------------------------------------------------------------
+    def step_dir(self, step: str, key: str) -> Path:
+        return self.root / safe_name(step, "step") / safe_name(key, "key")
+
+    def load(self, step: str, key: str, verify: bool = True) -> dict | None:
+        """The step's manifest if it is published and every part verifies, else None."""
+        d = self.step_dir(step, key)
+        try:
+            manifest = json.loads((d / MANIFEST).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        manifest["dir"] = str(d.relative_to(self.root))
+        if verify and not self._verifies(d, manifest):
+            return None
+        return manifest
+
+    def _verifies(self, d: Path, manifest: dict) -> bool:
+        for parts in manifest.get("tables", {}).values():
+            for part in parts:
+                p = d / part["file"]
+                try:
+                    if p.stat().st_size != part["bytes"] or file_sha256(p) != part["sha256"]:
+                        return False
+                except FileNotFoundError:
+                    return False
+        return all((d / f).exists() for f in manifest.get("files", []))
+
+    def begin(self, step: str, key: str, **meta) -> StepWriter:
+        return StepWriter(self, safe_name(step, "step"), safe_name(key, "key"), meta)
+
+    def paths(self, manifest: dict, table: str) -> list[Path]:
+        """Absolute paths of a table's parts in a manifest (empty list if it has none)."""
+        d = self.root / manifest["dir"]
+        return [d / part["file"] for part in manifest.get("tables", {}).get(table, [])]
+
+    def read(self, manifests: dict | Iterable[dict], table: str, columns: list[str] | None = None) -> pa.Table:
+        """Read one table across one or several manifests (small tables only)."""
+        if isinstance(manifests, dict):
+            manifests = [manifests]
+        files = [str(p) for m in manifests for p in self.paths(m, table)]
+        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else None
+
+    def iter_batches(
+        self, manifests: dict | Iterable[dict], table: str, columns: list[str] | None = None, batch_size: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        if isinstance(manifests, dict):
+            manifests = [manifests]
+        for m in manifests:
+            for p in self.paths(m, table):
+                yield from pq.ParquetFile(p).iter_batches(batch_size=batch_size, columns=columns)
+
+    def clean_staging(self, max_age_s: float = 0) -> int:
+        """Remove staging directories left by crashed runs whose process is gone."""
+        removed = 0
+        for d in self.root.glob("*/.staging-*"):
+            pid = int(d.name.split("-")[-2]) if d.name.count("-") >= 3 else -1
+            alive = pid > 0 and Path(f"/proc/{pid}").exists()
+            if not alive and time.time() - d.stat().st_mtime >= max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+        return removed
+
+    # -- runs, latest pointers, lock -----------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Serialises updates of latest.json, run files and the catalog across processes."""
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def latest(self) -> dict[str, list[str]]:
+        try:
+            return json.loads((self.root / "latest.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+    def latest_manifests(self, step: str) -> list[dict]:
+        out = []
+        for rel in self.latest().get(step, []):
+            step_name, key = rel.split("/")
+            m = self.load(step_name, key, verify=False)
+            if m is not None:
+                out.append(m)
+        return out
+
+    def publish_step(self, run: "RunLog", step: str, manifests: list[dict], rows: list[dict]) -> None:
+        """Record a finished step of a run, point `latest` at it and rebuild the catalog."""
+        from tasks import catalog
+
+        with self.lock():
+            latest = self.latest()
+            latest[step] = [m["dir"] for m in manifests]
+            atomic_write_json(self.root / "latest.json", latest)
+            run.append(rows)
+            catalog.rebuild(self)
+
+
+class RunLog:
+    """`runs/<run_id>.jsonl`: one line per step task of one run (the `runs` view)."""
+
+    def __init__(self, store: ArtifactStore, run_id: str, recipe: str):
+        self.store, self.run_id, self.recipe = store, safe_name(run_id, "run id"), recipe
+        self.path = store.root / "runs" / f"{self.run_id}.jsonl"
+        self.path.parent.mkdir(exist_ok=True)
+        self.rows: list[dict] = []
+
+    def append(self, rows: list[dict]) -> None:
+        for r in rows:
+            self.rows.append({"run_id": self.run_id, "recipe": self.recipe, **r})
+        blob = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows)
+        atomic_write_bytes(self.path, blob.encode())
