@@ -172,6 +172,7 @@ class StepWriter:
 
     def __init__(self, store: "ArtifactStore", step: str, key: str, meta: dict):
         self.store, self.step, self.key, self.meta = store, step, key, meta
+        store.inside(store.root / step)
         self.dir = store.root / step / f".staging-{key}-{os.getpid()}-{secrets.token_hex(4)}"
         self.dir.mkdir(parents=True)
         self._tables: dict[str, _TableWriter] = {}
@@ -204,6 +205,10 @@ class StepWriter:
         _fault(f"{self.step}:before_manifest")
         atomic_write_json(self.dir / MANIFEST, manifest)
         final = self.store.root / self.step / self.key
+        if final.exists() and self.store.load(self.step, self.key) is None:
+            # A published directory that no longer verifies (damaged on disk): keep it aside
+            # for inspection and publish the recomputed one.
+            os.rename(final, final.with_name(f".invalid-{self.key}-{int(time.time())}"))
         try:
             os.rename(self.dir, final)
         except OSError:
@@ -228,8 +233,14 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- steps -------------------------------------------------------------------
+    def inside(self, path: Path) -> Path:
+        """`path` itself, after checking that it resolves (symlinks followed) under the root."""
+        if not path.resolve().is_relative_to(self.root):
+            raise TunelineError(f"{path} leads outside the artifacts directory {self.root}; refused")
+        return path
+
     def step_dir(self, step: str, key: str) -> Path:
-        return self.root / safe_name(step, "step") / safe_name(key, "key")
+        return self.inside(self.root / safe_name(step, "step") / safe_name(key, "key"))
 
     def load(self, step: str, key: str, verify: bool = True) -> dict | None:
         """The step's manifest if it is published and every part verifies, else None."""
