@@ -71,7 +71,9 @@ def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, 
         return result
 
     sigs = [signatures_task.submit(root, rd, m, m.get("label", "")) for m in convert_m]
-    dedup_m = dedup_task(root, rd, convert_m, [f.result() for f in sigs])
+    sig_m = [f.result() for f in sigs]
+    publish_task(root, run_id, recipe_path, "dedup-signatures", sig_m)
+    dedup_m = dedup_task(root, rd, convert_m, sig_m)
     publish_task(root, run_id, recipe_path, "dedup", [dedup_m])
     if _done(until, "dedup"):
         return result
@@ -130,7 +132,8 @@ def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None)
     if until is not None and until not in STEPS:
         raise ValueError(f"--until must be one of {STEPS}, not {until!r}")
     recipe_path = str(Path(recipe_path).resolve())
-    prepared = prepare(recipe_path, out, until)
+    # The shard runner is chosen per run, so TUNELINE_DASK_ADDRESS set after import still counts.
+    prepared = prepare.with_options(task_runner=shard_runner())(recipe_path, out, until)
     if until in DATA_STEPS or not load_recipe(recipe_path).stages:
         return {"run_id": prepared["run_id"], "root": prepared["root"]}
     models = train(recipe_path, prepared)

@@ -46,9 +46,11 @@ FAULT_HOOK = None
 
 
 def _fault(point: str) -> None:
+    """Test-only crash points. TUNELINE_FAULT=<point> SIGKILLs the whole process group
+    (the flow process and its shard workers), as a user's `kill -9` of the run would."""
     hook = FAULT_HOOK
     if hook is None and os.environ.get("TUNELINE_FAULT") == point:
-        os.kill(os.getpid(), 9)
+        os.killpg(os.getpgrp(), 9)
     if hook is not None:
         hook(point)
 
