@@ -40,29 +40,48 @@ class SourceConfig(Section):
 
 
 class DedupConfig(Section):
+    """Exact + MinHash-LSH near-duplicate removal (tasks/dedup). See tasks/dedup/__init__.py."""
+
     enabled: bool = True
-    projection: Literal["prompt", "response", "conversation"] = "conversation"
-    scope: Literal["within_source", "global"] = "global"
-    threshold: float = Field(0.8, gt=0, le=1)
+    projection: Literal["prompt", "response", "conversation"] = "conversation"  # which turns are compared
+    scope: Literal["within_source", "global"] = "global"  # compare records of one source only, or all
+    threshold: float = Field(0.8, gt=0, le=1)  # Jaccard over shingles at or above which records merge
     num_perm: int = Field(128, ge=16, le=1024)
-    shingle: Literal["word", "char"] = "word"
+    shingle: Literal["word", "char"] = "word"  # word: char shingles only for no-space scripts
     shingle_size: int = Field(5, ge=1, le=32)
-    seed: int = 1
+    seed: int = 1  # MinHash permutation seed (datasketch's)
     template_variants: Literal["keep", "dedup"] = "keep"  # same example_id, different template
-    verify: Literal["exact", "estimate"] = "exact"
+    verify: Literal["exact", "estimate"] = "exact"  # candidate pairs: exact Jaccard or signature estimate
+    # LSH bands/rows come from datasketch's optimiser with these weights; false negatives weigh
+    # more by default because every candidate pair is verified, so false positives cost only time.
+    false_positive_weight: float = Field(0.2, gt=0, lt=1)
+    false_negative_weight: float = Field(0.8, gt=0, lt=1)
+    batch_rows: int = Field(8192, ge=1)  # records per vectorised signature batch
 
 
 class SplitConfig(Section):
-    eval_fraction: float | None = Field(0.05, ge=0, lt=1)
+    """Held-out split (tasks/split.py): seeded, per source and task, grouped by `example_id`."""
+
+    eval_fraction: float | None = Field(0.05, ge=0, lt=1)  # share of groups held out per source+task
     eval_rows: int | None = Field(None, ge=0)  # per source and task; overrides eval_fraction
     seed: int = 7
 
 
 class BenchmarkConfig(Section):
+    """One benchmark file (or glob) whose prompts training rows must not overlap.
+
+    `field`: the prompt field (or several); a list value (MT-Bench `turns`) is split into
+    items `<id>:<j>` (1-based j). `id_field`: optional item id, else the 1-based row number
+    (prefixed with the file stem when a glob matches several files). CSV files without a
+    header (MMLU) name columns by 0-based index: `field: "0"`.
+    """
+
     name: str
     path: str
-    field: str | list[str]  # prompt field(s); a list value (e.g. MT-Bench `turns`) is joined
+    field: str | list[str]
     id_field: str | None = None
+    format: Literal["auto", "jsonl", "json", "csv"] = "auto"  # auto: by extension
+    csv_header: bool = True
 
     @field_validator("name")
     @classmethod
@@ -71,18 +90,25 @@ class BenchmarkConfig(Section):
 
 
 class DecontaminationConfig(Section):
+    """Word n-gram overlap of training user turns with evaluation prompts (tasks/decontam.py)."""
+
+    enabled: bool = True
     ngram: int = Field(13, ge=3, le=50)
     heldout: bool = True  # compare against the project's own held-out split
+    short_min_words: int = Field(3, ge=1)  # prompts < ngram words: containment from here, equality below
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
 
 
 class ValidateConfig(Section):
-    suite: str = "expectations/records.json"
+    """Row- and dataset-level expectations (tasks/validate.py); bounds feed the suite's $PARAMETERs."""
+
+    suite: str = "expectations/records.json"  # recipe-relative, else relative to the project root
     languages: list[str] | None = None  # allowed user-turn languages (ISO 639-1); None = any
+    lang_min_chars: int = Field(20, ge=0)  # shorter user turns get lang "und" (always allowed)
     max_turn_chars: int = 20_000
     max_conversation_chars: int = 100_000
     min_turn_chars: int = 1
-    max_turn_tokens: int | None = None
+    max_turn_tokens: int | None = None  # needs train.tokenizer or a local train.model directory
     max_conversation_tokens: int | None = None
     banned_phrases: list[str] = Field(
         default_factory=lambda: [
@@ -95,10 +121,20 @@ class ValidateConfig(Section):
     )
     max_reject_share: float = Field(0.5, ge=0, le=1)  # per source, dataset-level
     min_rows_per_source: int = Field(1, ge=0)
+    ge_sample_rows: int | None = Field(200_000, ge=1)  # rows great-expectations also runs on; None = all
+    batch_rows: int = Field(20_000, ge=1)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
 
 
 class ReplayConfig(Section):
+    """Replay rows of an earlier stage (tasks/mix.py).
+
+    `share` is the fraction of this stage's total (rows or tokens, by the stage's unit)
+    that is replayed. `disjoint: true` takes rows of the earlier stage's sources/tasks that
+    its manifest did not use, topped up from its manifest when there are not enough;
+    `disjoint: false` samples from the earlier stage's manifest itself.
+    """
+
     from_: str = Field(alias="from")
     share: float = Field(gt=0, lt=1)
     disjoint: bool = True  # replay rows the earlier stage did not use, where there are enough
@@ -107,19 +143,21 @@ class ReplayConfig(Section):
 
 
 class StageConfig(Section):
+    """One training stage's mixture (tasks/mix.py; checked by tasks.mix.check_stages)."""
+
     name: str
-    sources: list[str] | None = None  # default: every source named in `shares`/`weights`
-    tasks: list[str] | None = None
+    sources: list[str] | None = None  # default: the keys of `shares`/`weights`, else every source
+    tasks: list[str] | None = None  # keep only these tasks of the stage's sources
     strategy: Literal["proportional", "temperature", "target"] = "proportional"
     unit: Literal["examples", "tokens"] = "examples"
     shares: dict[str, float] | None = None  # target strategy
     weights: dict[str, float] | None = None  # proportional/temperature: multiplies sizes
     temperature: float = Field(2.0, gt=0)
-    cap_per_task: int | None = Field(None, ge=1)
+    cap_per_task: int | None = Field(None, ge=1)  # examples per task counted toward its size (FLAN cap)
     total: int | None = Field(None, ge=1)  # rows or tokens (by unit); None = use everything once
     upsample: bool = True
     replay: ReplayConfig | None = None
-    share_tolerance: float = Field(0.02, ge=0, le=1)
+    share_tolerance: float = Field(0.02, ge=0, le=1)  # |achieved - target| share allowed (+1 row in examples)
     seed: int = 11
 
     @field_validator("name")
@@ -156,16 +194,27 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tiny: dict[str, Any] = Field(default_factory=dict)  # overrides of the tiny model config
     vocab_size: int = 2048  # tokenizer trained for the tiny model
+    max_grad_norm: float = Field(1.0, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decay from lr to lr * min_lr_ratio after warmup
+    pack_window: int = Field(1000, ge=1)  # examples packed together (first-fit decreasing); keeps mixture order
+    audit_samples: int = Field(64, ge=0)  # rows whose decoded trained spans are compared with the assistant text
+    keep_checkpoints: int = Field(2, ge=1)
+    accelerate_config: str | None = None  # `accelerate launch --config_file`; None: one process (CPU or one GPU)
+    cpu_threads: int | None = Field(None, ge=1)  # torch threads on CPU; None: 1 for the tiny model, else torch's
 
 
 class EvaluateConfig(Section):
+    """Evaluation of the base model and every stage (tasks/evaluate)."""
+
     enabled: bool = True
     mmlu: list[str] = Field(default_factory=list)  # globs of MMLU-format CSV files
-    generation_samples: int = 16
-    max_new_tokens: int = 32
-    batch_size: int = 8
-    max_rows_per_task: int = 200
+    mmlu_score_by: Literal["letter", "text"] = "letter"  # rank the letters A-D (lm-eval style) or the choice texts
+    generation_samples: int = Field(16, ge=0)  # held-out prompts generated from (seeded sample)
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_rows_per_task: int = Field(200, ge=1)  # held-out rows per source and task (lowest record_id first)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 5  # generation sample and torch seed
 
 
 class Recipe(Section):
@@ -268,3 +317,7 @@ def check_recipe(recipe: Recipe, file: str = "<recipe>") -> None:
         if s.templates is not None and not Path(recipe.resolve(s.templates)).is_file():
             raise RecipeError(f"{file}: source {s.name!r}: templates file not found: {s.templates}")
         READERS[s.format].check_source(recipe, s)
+
+    from tasks.mix import check_stages
+
+    check_stages(recipe, file)

@@ -9,6 +9,7 @@ runs the body and publishes atomically.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any, Callable
 
@@ -20,6 +21,8 @@ log = logging.getLogger("tuneline")
 
 def logger():
     """Prefect's run logger inside a run (so lines show in the UI), else the std logger."""
+    if "prefect" not in sys.modules:  # plain function calls: do not pay Prefect's import
+        return log
     try:
         from prefect import get_run_logger
         from prefect.context import MissingContextError

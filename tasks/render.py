@@ -1,0 +1,268 @@
+"""Template rendering shared by the readers.
+
+- promptsource: `load_promptsource(path)` parses a promptsource templates.yaml (custom
+  tags `!Template`, `!TemplateMetadata`); `render_promptsource` renders one template for
+  one row in a sandboxed Jinja environment (ImmutableSandboxedEnvironment, StrictUndefined,
+  no `__` names, bounded output, bounded string/list repetition).
+- FLAN CoT: the project's own FLAN-style templates for the four FLAN template types
+  (`zs_opt`, `zs_noopt`, `fs_opt`, `fs_noopt`), several wordings each (`COT_TEMPLATES`).
+- Dolly: instruction templates with and without context (`DOLLY_TEMPLATES`).
+
+All wording here is the project's own.
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+import operator
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from tasks.errors import RecipeError
+
+#: Longest rendered promptsource output (characters) before the rendering is refused.
+MAX_RENDER_CHARS = 100_000
+SEPARATOR = "|||"
+
+
+class RenderError(Exception):
+    """A template failed for one row; `reason` is the reject reason, the message names template and row."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# -- the sandbox -------------------------------------------------------------------------
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Immutable sandbox that also refuses huge `*` / `**` results (e.g. `'a' * 10**9`)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def __init__(self, max_chars: int = MAX_RENDER_CHARS, **kw):
+        super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, **kw)
+        self.max_chars = max_chars
+
+    def call_binop(self, context, operator_: str, left, right):
+        if operator_ == "**":
+            if isinstance(right, (int, float)) and abs(right) > 64:
+                raise SecurityError(f"exponent {right} is too large")
+            return operator.pow(left, right)
+        seq, n = (left, right) if isinstance(right, int) else (right, left)
+        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > self.max_chars:
+            raise SecurityError(f"repetition would make {len(seq) * n} items, limit {self.max_chars}")
+        return operator.mul(left, right)
+
+    def is_safe_attribute(self, obj, attr, value) -> bool:
+        return not attr.startswith("__") and super().is_safe_attribute(obj, attr, value)
+
+
+_ROW_RNG: contextvars.ContextVar[random.Random] = contextvars.ContextVar("tuneline_row_rng")
+
+
+def _choice(seq):
+    # promptsource's `choice` filter is unseeded; ours draws from the rendering row's seeded RNG
+    rng = _ROW_RNG.get(None) or random.Random(0)
+    return rng.choice(list(seq))
+
+
+def make_env(max_chars: int = MAX_RENDER_CHARS) -> BoundedSandbox:
+    """A sandbox with promptsource's extra filters (`choice` is seeded per row, see render_promptsource)."""
+    env = BoundedSandbox(max_chars=max_chars)
+    env.filters["choice"] = _choice
+    env.filters["most_frequent"] = lambda seq: max(set(seq), key=list(seq).count) if seq else ""
+    return env
+
+
+@functools.lru_cache(maxsize=4096)
+def compiled(source: str, max_chars: int = MAX_RENDER_CHARS):
+    """A template compiled once per (source, bound): compiling dominates rendering otherwise."""
+    return _env(max_chars).from_string(source)
+
+
+@functools.lru_cache(maxsize=8)
+def _env(max_chars: int) -> BoundedSandbox:
+    return make_env(max_chars)
+
+
+def render_bounded(template, variables: dict, max_chars: int, name: str) -> str:
+    """Render chunk by chunk, stopping as soon as the output passes `max_chars`."""
+    out, size = [], 0
+    for chunk in template.generate(**variables):
+        size += len(chunk)
+        if size > max_chars:
+            raise RenderError("render_too_long", f"template {name!r}: output exceeds {max_chars} characters")
+        out.append(chunk)
+    return "".join(out)
+
+
+# -- promptsource templates.yaml ------------------------------------------------------------
+class _PromptsourceLoader(yaml.SafeLoader):
+    """SafeLoader that reads `!Template` / `!TemplateMetadata` objects as plain mappings."""
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.Node) -> dict:
+    return loader.construct_mapping(node, deep=True)
+
+
+_PromptsourceLoader.add_constructor("!Template", _mapping)
+_PromptsourceLoader.add_constructor("!TemplateMetadata", _mapping)
+
+
+@dataclass(frozen=True)
+class PSTemplate:
+    """One promptsource template."""
+
+    id: str
+    name: str
+    jinja: str
+    answer_choices: str | None
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PSCollection:
+    dataset: str
+    subset: str | None
+    templates: tuple[PSTemplate, ...]
+
+    @property
+    def dataset_name(self) -> str:
+        return f"{self.dataset}/{self.subset}" if self.subset else self.dataset
+
+
+def load_promptsource(path: str | Path) -> PSCollection:
+    """Parse and check a promptsource templates.yaml; errors name the file and template."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_PromptsourceLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{path}: cannot read promptsource templates: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("templates"), dict):
+        raise RecipeError(f"{path}: expected a mapping with `dataset` and `templates`")
+    env = make_env()
+    out = []
+    for key, t in data["templates"].items():
+        if not isinstance(t, dict) or not isinstance(t.get("jinja"), str):
+            raise RecipeError(f"{path}: template {key!r}: expected a !Template with a `jinja` string")
+        name = str(t.get("name") or key)
+        choices = t.get("answer_choices")
+        for what, src in (("jinja", t["jinja"]), ("answer_choices", choices or "")):
+            if "__" in src:
+                raise RecipeError(f"{path}: template {name!r}: `__` names are not allowed in {what}")
+            try:
+                env.from_string(src)
+            except TemplateError as exc:
+                raise RecipeError(f"{path}: template {name!r}: {what} is not valid Jinja: {exc}") from None
+        out.append(PSTemplate(id=str(t.get("id") or key), name=name, jinja=t["jinja"],
+                              answer_choices=choices, metadata=dict(t.get("metadata") or {})))
+    names = [t.name for t in out]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{path}: template names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    return PSCollection(dataset=str(data.get("dataset", path.parent.name)), subset=data.get("subset"),
+                        templates=tuple(sorted(out, key=lambda t: t.name)))
+
+
+def render_promptsource(t: PSTemplate, row: dict, where: str, rng: random.Random,
+                        max_chars: int = MAX_RENDER_CHARS) -> tuple[str, str, list[str]]:
+    """(prompt, target, answer_choices) of template `t` on `row`; RenderError names template and row.
+
+    `rng` feeds the `choice` filter, so a rendering is a function of the row and its seed.
+    """
+    variables = dict(row)
+    token = _ROW_RNG.set(rng)
+    try:
+        choices: list[str] = []
+        if t.answer_choices:
+            rendered = render_bounded(compiled(t.answer_choices, max_chars), variables, max_chars, t.name)
+            choices = [c.strip() for c in rendered.split(SEPARATOR)]
+            variables["answer_choices"] = choices
+        text = render_bounded(compiled(t.jinja, max_chars), variables, max_chars, t.name)
+    except RenderError as exc:
+        raise RenderError(exc.reason, f"{where}: {exc}") from None
+    except SecurityError as exc:
+        raise RenderError("template_unsafe", f"{where}: template {t.name!r}: refused by the sandbox: {exc}") from None
+    except (TemplateError, TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
+        raise RenderError("template_error", f"{where}: template {t.name!r}: {type(exc).__name__}: {exc}") from None
+    finally:
+        _ROW_RNG.reset(token)
+    parts = text.split(SEPARATOR)
+    prompt = parts[0].strip()
+    target = SEPARATOR.join(parts[1:]).strip() if len(parts) > 1 else ""
+    if not prompt or not target:
+        raise RenderError("empty_render", f"{where}: template {t.name!r} renders no "
+                                          f"{'prompt' if not prompt else 'target'} for this row")
+    return prompt, target, choices
+
+
+# -- FLAN CoT templates (the project's own wording) ----------------------------------------
+#: (input, target) pairs per FLAN template type. Fields: {question} (without its options),
+#: {options} (a "- a\n- b" block), {answer}, {rationale}. *_noopt omit the options.
+COT_TEMPLATES: dict[str, list[tuple[str, str]]] = {
+    "zs_opt": [
+        ("{question}\nChoose from:\n{options}\nThink it through before answering.",
+         "{rationale}\nSo the answer is: {answer}"),
+        ("Answer the question below, explaining your reasoning first.\n\n{question}\n\nPossible answers:\n{options}",
+         "Reasoning: {rationale}\nAnswer: {answer}"),
+        ("Question: {question}\nCandidates:\n{options}\nWork step by step, then give the answer.",
+         "{rationale} Therefore, the answer is {answer}."),
+    ],
+    "zs_noopt": [
+        ("{question}\nThink it through before answering.", "{rationale}\nSo the answer is: {answer}"),
+        ("Answer the question below, explaining your reasoning first.\n\n{question}",
+         "Reasoning: {rationale}\nAnswer: {answer}"),
+        ("Question: {question}\nWork step by step, then give the answer.",
+         "{rationale} Therefore, the answer is {answer}."),
+    ],
+    "fs_opt": [
+        ("Q: {question}\nChoices:\n{options}\nA: Let us reason.", "{rationale} The answer: {answer}."),
+        ("Problem: {question}\nOptions:\n{options}\nSolution:", "{rationale}\nFinal answer: {answer}"),
+    ],
+    "fs_noopt": [
+        ("Q: {question}\nA: Let us reason.", "{rationale} The answer: {answer}."),
+        ("Problem: {question}\nSolution:", "{rationale}\nFinal answer: {answer}"),
+    ],
+}
+TEMPLATE_TYPES = tuple(COT_TEMPLATES)
+assert all(len(COT_TEMPLATES[f"{k}_opt"]) == len(COT_TEMPLATES[f"{k}_noopt"]) for k in ("zs", "fs"))
+FEW_SHOT_JOINER = "\n\n"
+
+
+def render_cot(template_type: str, idx: int, question: str, options: list[str], answer: str,
+               rationale: str) -> tuple[str, str]:
+    """(input, target) of one CoT example in one template.
+
+    An `_opt` template on a question without options falls back to its `_noopt` twin
+    (same index; the twin lists have equal lengths), so no empty options block is shown.
+    """
+    if template_type.endswith("_opt") and not options:
+        template_type = template_type[: -len("_opt")] + "_noopt"
+    inp, tgt = COT_TEMPLATES[template_type][idx]
+    fields = {"question": question, "options": "\n".join(f"- {o}" for o in options),
+              "answer": answer, "rationale": rationale}
+    return inp.format(**fields), tgt.format(**fields)
+
+
+# -- Dolly instruction templates ------------------------------------------------------------
+#: Templates for rows with a context; {instruction}, {context}.
+DOLLY_TEMPLATES: list[str] = [
+    "{instruction}\n\nContext:\n{context}",
+    "Read the passage and follow the instruction.\n\nPassage: {context}\n\nInstruction: {instruction}",
+    "{context}\n\nUsing the text above: {instruction}",
+    "Background information:\n{context}\n\nTask: {instruction}",
+]
+#: Template for rows without a context.
+DOLLY_NO_CONTEXT = "{instruction}"
+
+
+def render_dolly(instruction: str, context: str, rng: random.Random) -> tuple[str, str]:
+    """(template_id, user text): a seeded pick among the context templates, or the no-context one."""
+    if not context.strip():
+        return "dolly:no_context", DOLLY_NO_CONTEXT.format(instruction=instruction.strip())
+    i = rng.randrange(len(DOLLY_TEMPLATES))
+    return f"dolly:context_{i}", DOLLY_TEMPLATES[i].format(instruction=instruction.strip(), context=context.strip())

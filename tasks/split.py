@@ -1,0 +1,131 @@
+"""The `split` step: carve seeded held-out evaluation rows out of the deduplicated records.
+
+A row goes to `records_eval` when a seeded 64-bit hash of (seed, source, task, group)
+falls below a cutoff of its (source, task); otherwise to `records_train`. The group is
+the row's `example_id` (its underlying source example) or, when that is null, its
+`record_id`, so every template variant of one FLAN/P3 example lands on the same side.
+
+Why a hash and not a shuffle: a row's side depends only on its own key and the seed,
+never on the other rows, so the split streams batch by batch, is identical on any
+machine, and adding data later does not move rows that were already assigned.
+
+- `eval_fraction` f: cutoff = f * 2**64 for every (source, task); each group is held out
+  with probability f, so a tiny task may get a few more or fewer rows than f * n.
+- `eval_rows` n (overrides `eval_fraction`): per (source, task), groups are taken in
+  hash order while the held-out rows stay <= n, and at least one group always stays in
+  training. This needs one extra pass over (source, task, group) to find the cutoffs.
+
+Nothing is dropped: rows in = train + eval, and `rejects` is written empty.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from tasks.config import Recipe, SplitConfig
+from tasks.schema import RECORDS, REJECTS
+from tasks.step import Progress, input_ref, logger, run_step
+from tasks.store import ArtifactStore
+
+STEP = "split"
+VERSION = 1
+_KEY_COLUMNS = ["record_id", "source", "task", "example_id"]
+_FULL = 1 << 64
+
+
+def group_hashes(seed: int, batch: pa.RecordBatch | pa.Table) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Per row: its (source, task) and the seeded uint64 hash of (seed, source, task, group)."""
+    sources = batch.column("source").to_pylist()
+    tasks = batch.column("task").to_pylist()
+    groups = pc.coalesce(batch.column("example_id"), batch.column("record_id")).to_pylist()
+    keys, hashes = [], np.empty(len(sources), dtype=np.uint64)
+    for i, (s, t, g) in enumerate(zip(sources, tasks, groups)):
+        s, t = s or "", t or ""
+        keys.append((s, t))
+        # \x1f (unit separator) cannot be confused with text inside the parts.
+        hashes[i] = xxhash.xxh64_intdigest(f"{seed}\x1f{s}\x1f{t}\x1f{g}".encode("utf-8"))
+    return keys, hashes
+
+
+def _row_cutoffs(store: ArtifactStore, manifest: dict, cfg: SplitConfig) -> dict[tuple[str, str], int]:
+    """eval_rows mode: per (source, task), the hash below which a group is held out."""
+    groups: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for batch in store.iter_batches(manifest, "records_dedup", columns=_KEY_COLUMNS):
+        keys, hashes = group_hashes(cfg.seed, batch)
+        for key, h in zip(keys, hashes.tolist()):
+            groups[key][h] += 1  # rows per group (a group's rows share its hash)
+    cutoffs = {}
+    for key, sizes in groups.items():
+        ordered = sorted(sizes.items())
+        taken, cutoff = 0, ordered[0][0]  # default: nothing held out
+        # Leave at least the last group in training, so no task vanishes from the mixture.
+        for h, n in ordered[:-1]:
+            if taken + n > cfg.eval_rows:
+                break
+            taken += n
+            cutoff = h + 1
+        cutoffs[key] = cutoff
+    return cutoffs
+
+
+def _markdown(counts: dict[tuple[str, str], list[int]]) -> str:
+    per_source: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for (source, _task), (train, ev) in counts.items():
+        agg = per_source[source]
+        agg[0] += train
+        agg[1] += ev
+        agg[2] += 1
+    lines = ["### Held-out split", "", "| source | tasks | train rows | eval rows |", "|---|---:|---:|---:|"]
+    for source in sorted(per_source):
+        train, ev, n_tasks = per_source[source]
+        lines.append(f"| {source} | {n_tasks} | {train} | {ev} |")
+    return "\n".join(lines) + "\n"
+
+
+def split(root: str, recipe: dict, dedup_manifest: dict) -> dict:
+    """Step `split`: `records_dedup` -> `records_train` + `records_eval` (+ an empty `rejects`)."""
+    cfg = Recipe.model_validate(recipe).split
+    store = ArtifactStore(root)
+
+    def body(writer) -> None:
+        cutoffs = _row_cutoffs(store, dedup_manifest, cfg) if cfg.eval_rows is not None else None
+        fraction_cutoff = min(int((cfg.eval_fraction or 0.0) * _FULL), _FULL)
+        counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        writer.table("records_train", RECORDS)
+        writer.table("records_eval", RECORDS)
+        writer.write("rejects", REJECTS, [])
+        progress = Progress("split")
+        for batch in store.iter_batches(dedup_manifest, "records_dedup"):
+            keys, hashes = group_hashes(cfg.seed, batch)
+            if cutoffs is None:
+                held = hashes < np.uint64(fraction_cutoff) if fraction_cutoff < _FULL else np.ones(len(keys), bool)
+            else:
+                held = np.fromiter((h < cutoffs[k] for k, h in zip(keys, hashes.tolist())), bool, len(keys))
+            mask = pa.array(held)
+            writer.write("records_eval", RECORDS, batch.filter(mask))
+            writer.write("records_train", RECORDS, batch.filter(pc.invert(mask)))
+            for key, is_eval in zip(keys, held.tolist()):
+                counts[key][int(is_eval)] += 1
+            progress.add(batch.num_rows)
+        progress.done()
+        n_eval = sum(c[1] for c in counts.values())
+        n_train = sum(c[0] for c in counts.values())
+        writer.stats.update(
+            rows_in=n_train + n_eval,
+            rows_out=n_train + n_eval,
+            rows_rejected=0,
+            rows_train=n_train,
+            rows_eval=n_eval,
+            eval_by_source={s: sum(c[1] for (src, _), c in counts.items() if src == s)
+                            for s in sorted({k[0] for k in counts})},
+            report_markdown=_markdown(counts),
+        )
+        logger().info(f"split: {n_train} train rows, {n_eval} held-out rows")
+
+    return run_step(
+        store, STEP, VERSION, {"dedup": input_ref(dedup_manifest)}, cfg.model_dump(), "held-out", body
+    )

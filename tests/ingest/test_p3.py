@@ -1,0 +1,131 @@
+"""P3 records and promptsource rendering (sandboxed Jinja, seeded template choice)."""
+import json
+import random
+
+import pytest
+
+from tasks.config import parse_recipe
+from tasks.errors import RecipeError
+from tasks.ingest import READERS
+from tasks.render import PSTemplate, RenderError, render_promptsource
+
+YAML = """dataset: toy
+subset: s1
+templates:
+  aaaa-1: !Template
+    answer_choices: no ||| yes
+    id: aaaa-1
+    jinja: "Is {{ word }} nice? ||| {{ answer_choices[label] }}"
+    metadata: !TemplateMetadata
+      choices_in_prompt: false
+      original_task: true
+    name: nice
+    reference: ''
+  aaaa-2: !Template
+    answer_choices: null
+    id: aaaa-2
+    jinja: "{% if label == 1 %}Say {{ word }}. ||| {{ word }}{% endif %}"
+    metadata: !TemplateMetadata
+      choices_in_prompt: false
+      original_task: false
+    name: say
+    reference: ''
+  aaaa-3: !Template
+    answer_choices: A ||| B
+    id: aaaa-3
+    jinja: "{{ word }} {{ [1, 2] | choice }} ||| {{ answer_choices[label] }}"
+    metadata: !TemplateMetadata
+      choices_in_prompt: true
+      original_task: true
+    name: pick
+    reference: ''
+"""
+
+
+def _setup(tmp_path, rows, yaml_text=YAML, **src):
+    (tmp_path / "t.yaml").write_text(yaml_text)
+    p = tmp_path / "rows.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rc = parse_recipe({"sources": [{"name": "ps", "format": "promptsource", "path": str(p), "templates": "t.yaml",
+                                    **src}]}, tmp_path)
+    return rc, rc.sources[0], p
+
+
+def _convert(rc, s, p):
+    reader = READERS[s.format]
+    rows = [(str(p), i[1], i[2]) for i in reader.read(rc, s, str(p)) if i[0] == "row"]
+    return list(reader.convert(rc, s, rows))
+
+
+def test_p3_records(tmp_path):
+    d = tmp_path / "toy_prompt"
+    d.mkdir()
+    p = d / "train.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"inputs_pretokenized": "Good? ", "targets_pretokenized": "Yes ", "answer_choices": ["No", "Yes"],
+         "inputs": [1, 2], "targets": [3]},
+        {"inputs": "plain in", "targets": "plain out"},
+        {"inputs": [1, 2], "targets": [3]},
+        {"inputs_pretokenized": "x", "targets_pretokenized": "y", "answer_choices": "No"},
+    ]))
+    rc = parse_recipe({"sources": [{"name": "p3", "format": "p3", "path": str(p)}]}, tmp_path)
+    out = _convert(rc, rc.sources[0], p)
+    assert out[0]["messages"][1]["content"] == "Yes" and out[0]["answer_choices"] == ["No", "Yes"]
+    assert out[0]["task"] == "toy_prompt"
+    assert out[1]["messages"][0]["content"] == "plain in"
+    assert [out[2]["reason"], out[3]["reason"]] == ["wrong_type", "wrong_type"]
+
+
+def test_promptsource_render_and_seeded_pick(tmp_path):
+    rows = [{"word": f"w{i}", "label": i % 2, "idx": i} for i in range(30)]
+    rc, s, p = _setup(tmp_path, rows, templates_per_row=2, options={"id_field": "idx"})
+    out = _convert(rc, s, p)
+    recs = [r for r in out if "messages" in r]
+    assert {r["task"] for r in recs} <= {"toy/s1:nice", "toy/s1:say", "toy/s1:pick"}
+    nice = next(r for r in recs if r["task"] == "toy/s1:nice")
+    i = int(nice["example_id"])
+    assert nice["messages"] == [{"role": "user", "content": f"Is w{i} nice?"},
+                                {"role": "assistant", "content": ["no", "yes"][i % 2]}]
+    assert nice["answer_choices"] == ["no", "yes"] and nice["template_id"] == "aaaa-1"
+    for r in recs:
+        assert len(json.loads(r["meta"])["template_pick"]) == 2
+    # "say" renders nothing for label 0: a reject naming template and row
+    empties = [r for r in out if r.get("reason") == "empty_render"]
+    assert empties and all("'say'" in r["detail"] and f"{p}:" in r["detail"] for r in empties)
+    assert out == _convert(rc, s, p)  # the `choice` filter and the pick are seeded
+
+
+def test_template_names_and_recipe_errors(tmp_path):
+    rc, s, p = _setup(tmp_path, [{"word": "a", "label": 0}], template_names=["nice"], templates_per_row=3)
+    (r,) = _convert(rc, s, p)
+    assert r["task"] == "toy/s1:nice"
+    with pytest.raises(RecipeError, match="no templates named"):
+        _setup(tmp_path, [{"word": "a"}], template_names=["nope"])
+    with pytest.raises(RecipeError, match=r"t\.yaml.*not valid Jinja"):
+        _setup(tmp_path, [{"word": "a"}], yaml_text=YAML.replace("{{ word }} nice", "{{ word nice"))
+    with pytest.raises(RecipeError, match="`__`"):
+        _setup(tmp_path, [{"word": "a"}], yaml_text=YAML.replace("{{ word }} nice", "{{ ''.__class__ }} nice"))
+    with pytest.raises(RecipeError, match="cannot read promptsource"):
+        _setup(tmp_path, [{"word": "a"}], yaml_text="templates: [unclosed")
+
+
+@pytest.mark.parametrize("jinja,reason", [
+    ("{{ ''.__class__.__mro__ }} ||| x", "template_unsafe"),
+    ("{{ word.__class__ }} ||| x", "template_unsafe"),
+    ("{{ 'a' * 10000000 }} ||| x", "template_unsafe"),
+    ("{% for i in range(90000) %}aaaa{% endfor %} ||| x", "render_too_long"),
+    ("{{ missing }} ||| x", "template_error"),
+    ("only a prompt", "empty_render"),
+])
+def test_sandbox_refuses(jinja, reason):
+    t = PSTemplate(id="t", name="evil", jinja=jinja, answer_choices=None)
+    with pytest.raises(RenderError) as e:
+        render_promptsource(t, {"word": "w"}, "rows.jsonl:7", random.Random(0), max_chars=50_000)
+    assert e.value.reason == reason
+    assert "rows.jsonl:7" in str(e.value)
+
+
+def test_p3_with_templates_is_promptsource(tmp_path):
+    rc, s, p = _setup(tmp_path, [{"word": "a", "label": 1}], template_names=["nice"])
+    rc2 = parse_recipe({"sources": [{**s.model_dump(), "format": "p3"}]}, tmp_path)
+    assert _convert(rc, s, p) == _convert(rc2, rc2.sources[0], p)

@@ -1,0 +1,73 @@
+"""ShareGPT reader: layouts (array, single object, JSONL) and the documented policy."""
+import json
+
+import pytest
+
+from tasks.config import parse_recipe
+from tasks.ingest import READERS
+
+
+def _run(tmp_path, convs, name="c.jsonl", layout="jsonl"):
+    p = tmp_path / name
+    if layout == "jsonl":
+        p.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in convs) + "\n", encoding="utf-8")
+    else:
+        p.write_text(json.dumps(convs, ensure_ascii=False, indent=2), encoding="utf-8")
+    rc = parse_recipe({"sources": [{"name": "sg", "format": "sharegpt", "path": str(p)}]}, tmp_path)
+    src = rc.sources[0]
+    items = list(READERS["sharegpt"].read(rc, src, str(p)))
+    return items, list(READERS["sharegpt"].convert(rc, src, [(str(p), i[1], i[2]) for i in items if i[0] == "row"]))
+
+
+def turns(*pairs):
+    return [{"from": f, "value": v} for f, v in pairs]
+
+
+def test_layouts(tmp_path):
+    conv = {"id": "x1", "conversations": turns(("human", "hi"), ("gpt", "hello")), "model": "m"}
+    for name, layout, data in [("a.json", "doc", [conv, conv]), ("o.json", "doc", conv), ("l.jsonl", "jsonl", [conv])]:
+        items, out = _run(tmp_path, data, name, layout)
+        assert all(i[0] == "row" for i in items)
+        assert out[0]["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        assert out[0]["example_id"] == "x1" and json.loads(out[0]["meta"]) == {"id": "x1", "model": "m"}
+    assert [r["origin_row"] for r in _run(tmp_path, [conv, conv], "a.json", "doc")[1]] == [1, 2]
+
+
+def test_roles_and_multi_turn(tmp_path):
+    conv = {"conversations": turns(("system", "Be brief."), ("user", "a"), ("chatgpt", "b"), ("Human", "c"),
+                                   ("bard", "d"), ("human", "e"), ("assistant", "f"))}
+    _, (r,) = _run(tmp_path, [conv])
+    assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    assert r["n_turns"] == 7 and r["task"] == "conversation" and len(r["example_id"]) == 20
+
+
+@pytest.mark.parametrize("conv,reason", [
+    (turns(("narrator", "x"), ("gpt", "y")), "unknown_role"),
+    (turns(("human", "x"), ("gpt", "  ")), "empty_turn"),
+    (turns(("human", "x")), "no_assistant_turn"),
+    (turns(("human", "x"), ("gpt", "y"), ("system", "z"), ("gpt", "w")), "misplaced_system"),
+    ([], "empty_conversation"),
+    ([{"from": "human"}], "missing_field"),
+    ([{"from": "human", "value": 3}], "wrong_type"),
+    ("text", "wrong_type"),
+    (None, "null_field"),
+])
+def test_rejects(tmp_path, conv, reason):
+    _, (r,) = _run(tmp_path, [{"conversations": conv}])
+    assert r["reason"] == reason and r["step"] == "convert" and r["origin_row"] == 1 and r["detail"]
+
+
+def test_repairs_are_recorded(tmp_path):
+    convs = [
+        {"conversations": turns(("gpt", "Welcome."), ("human", "q"), ("gpt", "a"))},
+        {"conversations": turns(("human", "q1"), ("human", "q2"), ("gpt", "a1"), ("gpt", "a2"))},
+        {"conversations": turns(("human", "q"), ("gpt", "a"), ("human", "bye"))},
+    ]
+    _, out = _run(tmp_path, convs)
+    first, merged, trailing = out
+    assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
+    assert json.loads(first["meta"])["repairs"] == [{"repair": "dropped_leading_assistant", "turns": [0], "text": "Welcome."}]
+    assert merged["messages"] == [{"role": "user", "content": "q1\n\nq2"}, {"role": "assistant", "content": "a1\n\na2"}]
+    assert [r["repair"] for r in json.loads(merged["meta"])["repairs"]] == ["merged_same_role", "merged_same_role"]
+    assert trailing["messages"][-1]["role"] == "assistant"
+    assert json.loads(trailing["meta"])["repairs"] == [{"repair": "dropped_trailing_user", "turns": [2], "text": "bye"}]

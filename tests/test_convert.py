@@ -1,0 +1,89 @@
+"""The convert step: counts, several records per row, strict mode, determinism and caching."""
+import json
+
+import pytest
+
+from tasks.config import parse_recipe
+from tasks.convert import convert_shard
+from tasks.errors import InputError
+from tasks.ingest.run import ingest_file
+from tasks.store import file_sha256
+
+YAML = """dataset: toy
+templates:
+  t1: !Template
+    answer_choices: no ||| yes
+    id: t1
+    jinja: "Is {{ word }} nice? ||| {{ answer_choices[label] }}"
+    metadata: !TemplateMetadata {choices_in_prompt: false, original_task: true}
+    name: nice
+  t2: !Template
+    answer_choices: null
+    id: t2
+    jinja: "{% if label == 1 %}Say {{ word }}. ||| {{ word }}{% endif %}"
+    metadata: !TemplateMetadata {choices_in_prompt: false, original_task: false}
+    name: say
+"""
+
+
+def _setup(tmp_path, **kw):
+    (tmp_path / "t.yaml").write_text(YAML)
+    p = tmp_path / "rows.jsonl"
+    rows = [{"word": f"w{i}", "label": i % 2} for i in range(10)] + [{"word": "nolabel"}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rd = parse_recipe({"sources": [{"name": "ps", "format": "promptsource", "path": str(p), "templates": "t.yaml",
+                                    "templates_per_row": 2}], **kw}, tmp_path).model_dump(by_alias=True)
+    return rd, p
+
+
+def test_counts_with_several_records_per_row(tmp_path, store):
+    rd, p = _setup(tmp_path)
+    m = convert_shard(str(store.root), rd, ingest_file(str(store.root), rd, "ps", str(p)))
+    s = m["stats"]
+    # 5 rows with label 1 render both templates, 5 with label 0 only "nice", the unlabeled row none
+    assert (s["rows_in"], s["rows_out"], s["rows_rejected"], s["records_out"]) == (11, 10, 1, 15)
+    assert s["rows_in"] == s["rows_out"] + s["rows_rejected"]
+    rej = store.read(m, "rejects").to_pylist()
+    assert s["reject_rows"] == len(rej) == 7  # 5 empty "say" renderings + 2 failures of the unlabeled row
+    assert {r["reason"] for r in rej if r["origin_row"] == 11} == {"template_error"}
+    recs = store.read(m, "records").to_pylist()
+    assert all(r["origin_file"] == str(p) and r["origin_row"] >= 1 for r in recs)
+    assert len({r["record_id"] for r in recs}) == 15
+
+
+def test_strict_convert_fails_on_first_bad_row(tmp_path, store):
+    rd, p = _setup(tmp_path, on_error="strict")
+    ing = ingest_file(str(store.root), rd, "ps", str(p))
+    with pytest.raises(InputError) as e:
+        convert_shard(str(store.root), rd, ing)
+    # row 1's "say" renders nothing, but "nice" rendered it: only the unlabeled row 11 is bad input
+    assert e.value.file == str(p) and e.value.row == 11 and e.value.reason == "template_error"
+    assert f"{p}:11: template_error" in str(e.value)
+    assert not list((store.root / "convert").glob("*/manifest.json"))
+
+
+def test_deterministic_ids_and_parquet_bytes(tmp_path):
+    from tasks.store import ArtifactStore
+
+    rd, p = _setup(tmp_path)
+    outs = []
+    for run in ("a", "b"):
+        st = ArtifactStore(tmp_path / run)
+        m = convert_shard(str(st.root), rd, ingest_file(str(st.root), rd, "ps", str(p)))
+        outs.append((st, m))
+    (sa, ma), (sb, mb) = outs
+    assert ma["key"] == mb["key"]
+    assert sa.read(ma, "records").column("record_id").to_pylist() == sb.read(mb, "records").column("record_id").to_pylist()
+    assert [file_sha256(x) for x in sa.paths(ma, "records")] == [file_sha256(x) for x in sb.paths(mb, "records")]
+    again = convert_shard(str(sa.root), rd, ingest_file(str(sa.root), rd, "ps", str(p)))
+    assert again["skipped"] and again["key"] == ma["key"]
+
+
+def test_template_file_change_changes_convert_key(tmp_path, store):
+    rd, p = _setup(tmp_path)
+    ing = ingest_file(str(store.root), rd, "ps", str(p))
+    a = convert_shard(str(store.root), rd, ing)
+    (tmp_path / "t.yaml").write_text(YAML.replace("Is {{ word }} nice?", "Is {{ word }} pleasant?"))
+    b = convert_shard(str(store.root), rd, ing)
+    assert not b["skipped"] and a["key"] != b["key"]
+    assert "pleasant" in store.read(b, "records").column("messages").to_pylist()[0][0]["content"]
