@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _env_defaults()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "httpcore", "urllib3"):  # one line per API request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -105,6 +105,7 @@ class ValidateConfig(Section):
     suite: str = "expectations/records.json"  # recipe-relative, else relative to the project root
     languages: list[str] | None = None  # allowed user-turn languages (ISO 639-1); None = any
     lang_min_chars: int = Field(20, ge=0)  # shorter user turns get lang "und" (always allowed)
+    lang_max_chars: int = Field(160, ge=0)  # chars of the user turn given to py3langid; 0 = no detection
     max_turn_chars: int = 20_000
     max_conversation_chars: int = 100_000
     min_turn_chars: int = 1
@@ -200,6 +201,7 @@ class TrainConfig(Section):
     audit_samples: int = Field(64, ge=0)  # rows whose decoded trained spans are compared with the assistant text
     keep_checkpoints: int = Field(2, ge=1)
     accelerate_config: str | None = None  # `accelerate launch --config_file`; None: one process (CPU or one GPU)
+    lora_modules_to_save: list[str] | None = None  # trained in full with LoRA; None: ["norm"] (RMSNorms) for tiny, else []
     cpu_threads: int | None = Field(None, ge=1)  # torch threads on CPU; None: 1 for the tiny model, else torch's
 
 

@@ -1,0 +1,326 @@
+"""Benchmark of tasks/dedup against the plain datasketch way, on synthetic records with planted duplicates.
+
+    .venv/bin/python benchmarks/dedup.py --sizes 10000 100000 1000000 --workers 2
+
+For each size N: writes N synthetic instruction records (mean ~1.5 KB, Zipf words) as
+convert shards, planting exact copies (case changed) and near copies (k words replaced)
+of earlier records; then, each in a fresh subprocess so peak RSS is its own:
+
+* tuneline: `signatures` per shard over a ProcessPoolExecutor (like the flow's process
+  pool), then `dedup`;
+* plain (N <= --plain-max): one `datasketch.MinHash()` per record with `update` per
+  shingle (same normalised word 5-grams; MinHashes computed over the same process pool),
+  then `MinHashLSH(threshold, num_perm)` query-then-insert; candidates merged unverified.
+
+Prints docs/s, peak RSS (the process itself, its largest child, and their sum as an
+upper bound), recall over planted pairs with Jaccard >= 0.9 and the false-merge rate
+over planted pairs with Jaccard < 0.5.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tasks.schema import RECORDS, record_id  # noqa: E402
+
+VOCAB = 50_000
+MAX_WORDS = 400
+EDITS = np.array([1, 2, 3, 5, 8, 13, 20, 40, 80])
+SOURCES = ["src_a", "src_b"]
+
+
+# -- synthetic data (counter-based randomness: any record can be rebuilt from its index) --------
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer: a uniform 64-bit hash of a counter, vectorised."""
+    x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _u(seed: int, stream: int, i: np.ndarray, t: int | np.ndarray = 0) -> np.ndarray:
+    key = np.uint64(seed) * np.uint64(1_000_003) + np.uint64(stream) * np.uint64(7_777_777_777)
+    return _mix(i.astype(np.uint64) * np.uint64(MAX_WORDS + 1) + np.asarray(t, np.uint64) + key)
+
+
+def _vocab(seed: int):
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlcumwfgypbvkjxqz"))
+    lens = rng.integers(2, 10, VOCAB)
+    words = np.array(["".join(rng.choice(letters, n)) + str(k % 7 if k % 11 == 0 else "") for k, n in enumerate(lens)])
+    p = 1.0 / np.arange(1, VOCAB + 1) ** 1.0
+    return words, np.cumsum(p / p.sum())
+
+
+def plan(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Per record: kind (0 original, 1 exact copy, 2 near copy), target, edits. Copies sit at odd
+    indices and copy an even (original) index before them, in any shard."""
+    i = np.arange(n, dtype=np.int64)
+    r = _u(seed, 1, i) % np.uint64(1000)
+    kind = np.where((i % 2 == 1) & (r < 100), 1, np.where((i % 2 == 1) & (r < 300), 2, 0))
+    half = np.maximum((i + 1) // 2, 1).astype(np.uint64)
+    target = np.where(kind > 0, 2 * (_u(seed, 2, i) % half).astype(np.int64), i)
+    edits = EDITS[(_u(seed, 3, i) % np.uint64(len(EDITS))).astype(np.int64)]
+    return {"kind": kind, "target": target, "edits": np.where(kind == 2, edits, 0)}
+
+
+def _words(seed: int, idx: np.ndarray, cdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Word ids (len(idx) x MAX_WORDS) and lengths of the original content of records idx."""
+    t = np.arange(MAX_WORDS, dtype=np.uint64)
+    u = (_u(seed, 4, idx[:, None], t[None, :]) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    ids = np.searchsorted(cdf, u)
+    lengths = 120 + (_u(seed, 5, idx) % np.uint64(260)).astype(np.int64)
+    return np.minimum(ids, VOCAB - 1), lengths
+
+
+def shard_rows(seed: int, lo: int, hi: int, pl_: dict, vocab, cdf) -> list[dict]:
+    idx = np.arange(lo, hi, dtype=np.int64)
+    kind, target, edits = pl_["kind"][lo:hi], pl_["target"][lo:hi], pl_["edits"][lo:hi]
+    ids, lengths = _words(seed, target, cdf)
+    for e in np.unique(edits[edits > 0]):  # near copies: replace `e` words at hashed positions
+        rows = np.flatnonzero(edits == e)
+        for k in range(int(e)):
+            pos = (_u(seed, 6, idx[rows], k) % lengths[rows].astype(np.uint64)).astype(np.int64)
+            ids[rows, pos] = (_u(seed, 7, idx[rows], k) % np.uint64(VOCAB)).astype(np.int64)
+    out = []
+    for j in range(len(idx)):
+        w = vocab[ids[j, : lengths[j]]]
+        cut = max(5, lengths[j] // 6)
+        user, answer = " ".join(w[:cut]), " ".join(w[cut:])
+        if kind[j] == 1:
+            user, answer = user.upper(), answer.replace(" ", "  ")  # normalisation makes them equal
+        source = SOURCES[int(idx[j]) % 2]
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        out.append({
+            "record_id": record_id(source, msgs, "", str(int(idx[j]))), "source": source, "task": "synthetic",
+            "template_id": "", "example_id": str(int(idx[j])), "messages": msgs, "answer_choices": [],
+            "origin_file": f"synthetic-{source}.jsonl", "origin_row": int(idx[j]) + 1, "n_turns": 2,
+            "n_chars": len(user) + len(answer), "lang": "en", "meta": "{}",
+        })
+    return out
+
+
+def _gen_shard(args) -> dict:
+    root, seed, n, lo, hi, key = args
+    from tasks.store import ArtifactStore
+
+    vocab, cdf = _vocab(seed)
+    pl_ = plan(n, seed)
+    w = ArtifactStore(root).begin("convert", key, label=key)
+    for s in range(lo, hi, 20_000):
+        w.write("records", RECORDS, shard_rows(seed, s, min(hi, s + 20_000), pl_, vocab, cdf))
+    return w.commit()
+
+
+def generate(root: str, n: int, seed: int, shards: int, workers: int) -> list[dict]:
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    jobs = [(root, seed, n, int(bounds[k]), int(bounds[k + 1]), f"bench{n}-{k:03d}") for k in range(shards)]
+    with ProcessPoolExecutor(workers) as ex:
+        return list(ex.map(_gen_shard, jobs))
+
+
+# -- ground truth -------------------------------------------------------------------------------
+def truth_pairs(convs: list[dict], root: str, n: int, seed: int, max_pairs: int = 20_000) -> dict:
+    """Planted (target, copy) pairs with their true Jaccard over the shingle-hash sets."""
+    from tasks.dedup import minhash as mh
+    from tasks.store import ArtifactStore
+
+    pl_ = plan(n, seed)
+    copies = np.flatnonzero(pl_["kind"] > 0)
+    rng = np.random.default_rng(seed)
+    if len(copies) > max_pairs:
+        copies = np.sort(rng.choice(copies, max_pairs, replace=False))
+    need = np.unique(np.concatenate([copies, pl_["target"][copies]]))
+    store = ArtifactStore(root)
+    sets, ids, pos = {}, {}, 0
+    for m in convs:
+        for batch in store.iter_batches(m, "records", ["record_id", "messages"]):
+            take = need[(need >= pos) & (need < pos + batch.num_rows)]
+            if len(take):
+                sub = batch.take(take - pos)
+                texts = [mh.normalise(t) for t in mh.project(sub.column("messages"), "conversation")]
+                h, c = mh.shingle_hashes(texts, ["word"] * len(texts), 5)
+                ends = np.cumsum(c)
+                for g, rid, e, k in zip(take, sub.column("record_id").to_pylist(), ends, c):
+                    sets[int(g)], ids[int(g)] = np.unique(h[e - k : e]), rid
+            pos += batch.num_rows
+    jac = []
+    for c in copies:
+        a, b = sets[int(pl_["target"][c])], sets[int(c)]
+        inter = np.intersect1d(a, b, assume_unique=True).size
+        jac.append(inter / (a.size + b.size - inter))
+    return {"a": [ids[int(pl_["target"][c])] for c in copies], "b": [ids[int(c)] for c in copies], "jaccard": jac}
+
+
+def quality(truth: dict, same_cluster) -> dict:
+    jac = np.array(truth["jaccard"])
+    merged = np.array([same_cluster(a, b) for a, b in zip(truth["a"], truth["b"])])
+    hi, lo = jac >= 0.9, jac < 0.5
+    return {"pairs_ge_0.9": int(hi.sum()), "recall_ge_0.9": float(merged[hi].mean()) if hi.any() else None,
+            "pairs_lt_0.5": int(lo.sum()), "false_merge_lt_0.5": float(merged[lo].mean()) if lo.any() else None}
+
+
+# -- the two implementations ----------------------------------------------------------------------
+def _recipe() -> dict:
+    return {"sources": [{"name": s, "format": "dolly", "path": f"{s}.jsonl"} for s in SOURCES]}
+
+
+def _sig_job(args):
+    from tasks.dedup import signatures
+
+    root, rd, m = args
+    return signatures(root, rd, m)
+
+
+def run_tuneline(root: str, convs: list[dict], workers: int) -> tuple[float, dict]:
+    from tasks.dedup import dedup
+
+    rd = _recipe()
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as ex:
+        sigs = list(ex.map(_sig_job, [(root, rd, m) for m in convs]))
+    t1 = time.perf_counter()
+    m = dedup(root, rd, convs, sigs)
+    t2 = time.perf_counter()
+    return t2 - t0, {"signatures_s": round(t1 - t0, 2), "dedup_s": round(t2 - t1, 2), "manifest": m}
+
+
+def _plain_minhashes(args):
+    from datasketch import MinHash
+
+    from tasks.dedup import minhash as mh
+    from tasks.store import ArtifactStore
+
+    root, m = args
+    out_ids, out_sigs = [], []
+    for batch in ArtifactStore(root).iter_batches(m, "records", ["record_id", "messages"], batch_size=4096):
+        for rid, text in zip(batch.column("record_id").to_pylist(), mh.project(batch.column("messages"), "conversation")):
+            words = mh.normalise(text).split(" ")
+            mhash = MinHash(num_perm=128)
+            for k in range(len(words) - 4):
+                mhash.update(" ".join(words[k : k + 5]).encode("utf-8"))
+            out_ids.append(rid)
+            out_sigs.append(mhash.hashvalues)
+    return out_ids, np.array(out_sigs)
+
+
+def run_plain(root: str, convs: list[dict], workers: int) -> tuple[float, dict]:
+    from datasketch import MinHash, MinHashLSH
+
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as ex:
+        parts = list(ex.map(_plain_minhashes, [(root, m) for m in convs]))
+    t1 = time.perf_counter()
+    lsh = MinHashLSH(threshold=0.8, num_perm=128)
+    parent: dict[str, str] = {}
+
+    def find(x):
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    for ids, sigs in parts:
+        for rid, hv in zip(ids, sigs):
+            mhash = MinHash(num_perm=128, hashvalues=hv, scheme="affine32")
+            for other in lsh.query(mhash):
+                parent[find(rid)] = find(other)
+            lsh.insert(rid, mhash, check_duplication=False)
+    t2 = time.perf_counter()
+    return t2 - t0, {"minhash_s": round(t1 - t0, 2), "lsh_s": round(t2 - t1, 2), "find": find}
+
+
+# -- driver -------------------------------------------------------------------------------------
+def _rss_mb() -> dict:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"rss_self_mb": round(own), "rss_child_max_mb": round(child)}
+
+
+def _cpu_s() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def one(args) -> None:
+    """Run one implementation on one prepared data set (a subprocess of `main`)."""
+    import shutil
+
+    import datasketch  # noqa: F401  imported before the pool forks, so workers start warm,
+    import prefect  # noqa: F401  as they are in the flow's Prefect task runner
+    import tasks.dedup  # noqa: F401
+    from tasks.store import ArtifactStore
+
+    store = ArtifactStore(args.root)
+    for step in ("dedup-signatures", "dedup"):  # no cache hits: every run computes
+        shutil.rmtree(store.root / step, ignore_errors=True)
+    convs = [store.load("convert", k) for k in json.loads(Path(args.root, f"convs-{args.n}.json").read_text())]
+    truth = json.loads(Path(args.root, f"truth-{args.n}.json").read_text())
+    cpu0 = _cpu_s()
+    if args.impl == "tuneline":
+        secs, info = run_tuneline(args.root, convs, args.workers)
+        m = info.pop("manifest")
+        clusters = store.read(m, "dedup_clusters", ["record_id", "cluster_id"])
+        cid = dict(zip(clusters.column("record_id").to_pylist(), clusters.column("cluster_id").to_pylist()))
+        same = lambda a, b: a in cid and cid.get(a) == cid.get(b)  # noqa: E731
+        info.update({k: m["stats"][k] for k in ("exact_removed", "near_removed", "clusters", "bands", "rows",
+                                                "candidate_pairs")})
+    else:
+        secs, info = run_plain(args.root, convs, args.workers)
+        find = info.pop("find")
+        same = lambda a, b: find(a) == find(b)  # noqa: E731
+    cpu = _cpu_s() - cpu0
+    res = {"impl": args.impl, "n": args.n, "seconds": round(secs, 2), "docs_per_s": round(args.n / secs),
+           "cpu_s": round(cpu, 1), "docs_per_cpu_s": round(args.n / cpu), "load_avg_1m": os.getloadavg()[0],
+           **info, **quality(truth, same), **_rss_mb()}
+    res["rss_upper_bound_mb"] = res["rss_self_mb"] + args.workers * res["rss_child_max_mb"]
+    print(json.dumps(res), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shard-rows", type=int, default=100_000)
+    ap.add_argument("--plain-max", type=int, default=100_000, help="largest N the plain way runs on")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--root", default=None, help="artifacts directory (default: a temp dir)")
+    ap.add_argument("--impl", choices=["tuneline", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.impl:
+        return one(args)
+    root = args.root or tempfile.mkdtemp(prefix="tuneline-bench-dedup-")
+    for n in args.sizes:
+        shards = max(args.workers, -(-n // args.shard_rows))
+        t = time.perf_counter()
+        if not Path(root, f"truth-{n}.json").exists():  # data sets are reused from an earlier run
+            convs = generate(root, n, args.seed, shards, args.workers)
+            truth = truth_pairs(convs, root, n, args.seed)
+            Path(root, f"convs-{n}.json").write_text(json.dumps([m["key"] for m in convs]))
+            Path(root, f"truth-{n}.json").write_text(json.dumps(truth))
+        mean_chars = np.mean([r["n_chars"] for r in shard_rows(
+            args.seed, 0, min(n, 2000), plan(n, args.seed), *_vocab(args.seed))])
+        print(json.dumps({"n": n, "shards": shards, "generate_s": round(time.perf_counter() - t, 1),
+                          "mean_record_chars": round(float(mean_chars)), "root": root}), flush=True)
+        impls = ["tuneline"] + (["plain"] if n <= args.plain_max else [])
+        for impl in impls:
+            cmd = [sys.executable, __file__, "--impl", impl, "--n", str(n), "--root", root,
+                   "--workers", str(args.workers), "--seed", str(args.seed)]
+            subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()

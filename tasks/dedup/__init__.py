@@ -1,0 +1,33 @@
+"""Exact and near-duplicate removal (MinHash LSH), step `dedup` between convert and split.
+
+Two steps:
+
+* `signatures(root, recipe, convert_manifest)` -- step `dedup-signatures`, one per convert
+  shard (parallel in the flow's task runner): the projected text (`projection`: prompt =
+  user turns, response = assistant turns, conversation = every turn) is normalised
+  (NFKC, casefold, whitespace folded), keyed for exact matching, shingled (word
+  `shingle_size`-grams; character shingles for no-space scripts), and MinHashed in
+  NumPy over a batch of records. Signatures equal `datasketch.MinHash(num_perm, seed,
+  hashfunc=tasks.dedup.minhash.shingle_hash)` bit for bit. Table `dedup_signatures`.
+* `dedup(root, recipe, convert_manifests, signature_manifests)` -- step `dedup`:
+  exact groups, then LSH band-key collisions grouped in Polars, candidate pairs verified
+  (`verify: exact` = Jaccard over the shingle-hash sets, re-reading only candidates;
+  `estimate` = share of equal signature slots), kept when Jaccard >= `threshold`,
+  clustered (connected components over exact + verified edges = union-find), one record
+  kept per cluster. Tables `records_dedup`, `dedup_clusters`, `rejects`.
+
+Keep rule (deterministic): higher source `priority`, then more turns, then more
+characters (`n_chars`), then the smallest `record_id`. `scope: within_source` compares
+records of the same source only. `template_variants: keep` never removes a record as a
+duplicate of its own template variant (same non-empty `example_id`, different
+`template_id`); `dedup` treats them like any other records.
+
+Documented edge cases: a record whose projection is empty (no turns of the projected
+role) has no exact key and is never compared or removed; a text with fewer units than
+`shingle_size` is matched exactly only; LSH bands/rows come from datasketch's
+`_optimal_param(threshold, num_perm, false_positive_weight, false_negative_weight)`.
+"""
+from tasks.dedup.cluster import dedup
+from tasks.dedup.signatures import signatures
+
+__all__ = ["dedup", "signatures"]

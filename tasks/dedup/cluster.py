@@ -1,0 +1,451 @@
+"""Step `dedup`: exact groups, LSH candidate pairs, verification, clusters, one kept per cluster.
+
+Reads only the `dedup_signatures` tables (ids, keys, band keys) to find candidates;
+record text is re-read only for candidate records (verify: exact) and, at the end,
+streamed once shard by shard to write the kept rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from tasks.config import DedupConfig, Recipe
+from tasks.dedup import minhash as mh
+from tasks.dedup.signatures import TABLE as SIG_TABLE
+from tasks.dedup.signatures import lsh_params
+from tasks.errors import TunelineError
+from tasks.schema import RECORDS, REJECTS, reject_row
+from tasks.step import input_ref, logger, run_step
+from tasks.store import ArtifactStore
+
+STEP = "dedup"
+VERSION = 1
+#: Buckets up to this size give all their pairs; larger ones a star plus a chain (linear).
+SMALL_BUCKET = 16
+PAIR_CHUNK = 200_000
+
+CLUSTERS = pa.schema(
+    [
+        ("cluster_id", pa.int64()),
+        ("record_id", pa.string()),
+        ("is_kept", pa.bool_()),
+        ("kept_record_id", pa.string()),
+        ("similarity", pa.float64()),  # Jaccard to kept_record_id (1.0 for exact and kept rows)
+        ("source", pa.string()),
+        ("reason", pa.string()),  # null for kept rows
+    ]
+)
+
+META_COLUMNS = ["record_id", "source", "example_id", "template_id", "n_turns", "n_chars", "exact_key", "n_shingles"]
+
+
+# -- inputs ----------------------------------------------------------------------------
+def _pair_shards(convert_manifests: list[dict], signature_manifests: list[dict]) -> list[tuple[dict, dict]]:
+    by_input = {m["inputs"]["records"]["key"]: m for m in signature_manifests}
+    out = []
+    for c in convert_manifests:
+        s = by_input.get(c["key"])
+        if s is None:
+            raise TunelineError(f"dedup: convert shard {c.get('label', c['key'])} has no dedup-signatures manifest")
+        out.append((c, s))
+    return out
+
+
+def _load_meta(store: ArtifactStore, shards: list[tuple[dict, dict]], priorities: dict[str, int]) -> pl.DataFrame:
+    """One row per record over all shards: ids, keys, keep-rule columns, global `idx`."""
+    frames = []
+    for shard, (conv, sig) in enumerate(shards):
+        files = store.paths(sig, SIG_TABLE)
+        df = pl.concat([pl.read_parquet(f, columns=META_COLUMNS) for f in files]) if files else None
+        n_records = sum(p["rows"] for p in conv.get("tables", {}).get("records", []))
+        if (0 if df is None else df.height) != n_records:
+            raise TunelineError(
+                f"dedup: {sig['dir']}/{SIG_TABLE} has {0 if df is None else df.height} rows but "
+                f"{conv['dir']}/records has {n_records}; rebuild the signatures"
+            )
+        if df is not None:
+            frames.append(df.with_columns(shard=pl.lit(shard, pl.Int32), row=pl.int_range(df.height, dtype=pl.Int64)))
+    if not frames:
+        return pl.DataFrame(schema={c: pl.String for c in META_COLUMNS})
+    meta = pl.concat(frames).with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64))
+    prio = pl.DataFrame({"source": list(priorities), "priority": list(priorities.values())},
+                        schema={"source": pl.String, "priority": pl.Int64})
+    return meta.join(prio, on="source", how="left", maintain_order="left").with_columns(
+        pl.col("priority").fill_null(0),
+        pl.col("n_turns").fill_null(0),
+        pl.col("n_chars").fill_null(0),
+    )
+
+
+def _keep_rank(meta: pl.DataFrame) -> np.ndarray:
+    """rank[idx]: 0 is the record a cluster keeps first. Source priority (higher wins),
+    then more turns, then more characters, then the smallest record_id."""
+    order = meta.sort(
+        ["priority", "n_turns", "n_chars", "record_id", "idx"],
+        descending=[True, True, True, False, False],
+        nulls_last=True,
+    )["idx"].to_numpy()
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def _codes(series: pl.Series, empty_is_null: bool = True) -> np.ndarray:
+    """Dense integer codes of a string column; -1 for null (and, by default, empty strings)."""
+    s = series
+    if empty_is_null:
+        s = pl.select(pl.when(s == "").then(None).otherwise(s).alias("s"))["s"]
+    return s.rank("dense").fill_null(0).to_numpy().astype(np.int64) - 1
+
+
+# -- exact stage -------------------------------------------------------------------------
+def _exact_edges(meta: pl.DataFrame, rank: np.ndarray, scope_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(member, group representative) for every non-representative of an exact group."""
+    ex = meta.select("idx", "exact_key").with_columns(
+        scope=pl.Series(scope_code), rank=pl.Series(rank)
+    ).filter(pl.col("exact_key").is_not_null())
+    reps = ex.group_by(["scope", "exact_key"]).agg(rep=pl.col("idx").sort_by("rank").first())
+    ex = ex.join(reps, on=["scope", "exact_key"]).filter(pl.col("idx") != pl.col("rep"))
+    return ex["idx"].to_numpy(), ex["rep"].to_numpy()
+
+
+# -- LSH candidate stage ------------------------------------------------------------------
+def _load_band_keys(store: ArtifactStore, shards: list[tuple[dict, dict]], bands: int) -> np.ndarray:
+    parts = []
+    for _, sig in shards:
+        for f in store.paths(sig, SIG_TABLE):
+            col = pq.read_table(f, columns=["band_keys"]).column("band_keys").combine_chunks()
+            parts.append(np.asarray(col.values).reshape(-1, bands) if len(col) else np.empty((0, bands), np.uint64))
+    return np.concatenate(parts) if parts else np.empty((0, bands), np.uint64)
+
+
+def _bucket_pairs(groups: pl.DataFrame) -> pl.DataFrame:
+    """Candidate pairs (a < b) of buckets: all pairs in small buckets, star + chain in large ones."""
+    groups = groups.with_row_index("gid").with_columns(n=pl.col("members").list.len())
+    small = groups.filter(pl.col("n") <= SMALL_BUCKET).select("gid", idx="members").explode("idx")
+    allp = small.join(small, on="gid", suffix="_b").filter(pl.col("idx") < pl.col("idx_b"))
+    allp = allp.select(a="idx", b="idx_b")
+    large = groups.filter(pl.col("n") > SMALL_BUCKET)
+    star = large.select(a=pl.col("members").list.first(), b=pl.col("members").list.slice(1)).explode("b")
+    chain = large.select(
+        a=pl.col("members").list.slice(1, pl.col("n") - 2), b=pl.col("members").list.slice(2)
+    ).explode("a", "b")
+    return pl.concat([allp, star, chain.drop_nulls()])
+
+
+def _candidate_pairs(nodes: np.ndarray, scope_code: np.ndarray, bkeys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of LSH nodes that share a band key (and a scope), deduplicated, a < b."""
+    if len(nodes) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    found = []
+    for j in range(bkeys.shape[1]):
+        df = pl.DataFrame({"idx": nodes, "scope": scope_code[nodes], "key": bkeys[nodes, j]})
+        groups = (
+            df.group_by(["scope", "key"]).agg(members=pl.col("idx").sort())
+            .filter(pl.col("members").list.len() > 1).select("members")
+        )
+        if groups.height:
+            found.append(_bucket_pairs(groups))
+    if not found:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    pairs = pl.concat(found).unique().sort(["a", "b"])
+    return pairs["a"].to_numpy(), pairs["b"].to_numpy()
+
+
+def _variant_mask(a: np.ndarray, b: np.ndarray, ex_code: np.ndarray, tpl_code: np.ndarray) -> np.ndarray:
+    """True where a and b are template variants: same example_id, different template_id."""
+    return (ex_code[a] >= 0) & (ex_code[a] == ex_code[b]) & (tpl_code[a] != tpl_code[b])
+
+
+# -- verification --------------------------------------------------------------------------
+class Verifier:
+    """Jaccard of record pairs: exact over the sets of shingle hashes (re-reading only the
+    records asked for), or estimated from the signatures."""
+
+    def __init__(self, store: ArtifactStore, shards: list[tuple[dict, dict]], offsets: np.ndarray, cfg: DedupConfig):
+        self.store, self.shards, self.offsets, self.cfg = store, shards, offsets, cfg
+        self.data: dict[int, np.ndarray] = {}
+
+    def load(self, idx: np.ndarray) -> None:
+        need = np.setdiff1d(np.unique(idx), np.fromiter(self.data, np.int64, len(self.data)))
+        shard_of = np.searchsorted(self.offsets, need, side="right") - 1
+        for shard in np.unique(shard_of):
+            rows = need[shard_of == shard] - self.offsets[shard]
+            conv, sig = self.shards[shard]
+            if self.cfg.verify == "estimate":
+                self._load_signatures(sig, rows, self.offsets[shard])
+            else:
+                self._load_shingles(conv, rows, self.offsets[shard])
+
+    def _load_signatures(self, sig: dict, rows: np.ndarray, base: int) -> None:
+        pos = 0
+        for batch in self.store.iter_batches(sig, SIG_TABLE, ["signature"]):
+            take = rows[(rows >= pos) & (rows < pos + batch.num_rows)]
+            if len(take):
+                col = batch.column(0).take(pa.array(take - pos))
+                vals = np.asarray(col.values).reshape(-1, self.cfg.num_perm)
+                for r, v in zip(take, vals):
+                    self.data[int(base + r)] = v
+            pos += batch.num_rows
+
+    def _load_shingles(self, conv: dict, rows: np.ndarray, base: int) -> None:
+        cfg, pos = self.cfg, 0
+        for batch in self.store.iter_batches(conv, "records", ["messages"], batch_size=cfg.batch_rows):
+            take = rows[(rows >= pos) & (rows < pos + batch.num_rows)]
+            if len(take):
+                msgs = batch.column(0).take(pa.array(take - pos))
+                texts = [mh.normalise(t) for t in mh.project(msgs, cfg.projection)]
+                units = [mh.choose_unit(t, cfg.shingle) for t in texts]
+                hashes, counts = mh.shingle_hashes(texts, units, cfg.shingle_size)
+                ends = np.cumsum(counts)
+                for r, e, c in zip(take, ends, counts):
+                    self.data[int(base + r)] = np.unique(hashes[e - c : e])
+            pos += batch.num_rows
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self.load(np.concatenate([a, b]))
+        out = np.empty(len(a), np.float64)
+        if self.cfg.verify == "estimate":
+            for s in range(0, len(a), PAIR_CHUNK):
+                sa = np.stack([self.data[int(i)] for i in a[s : s + PAIR_CHUNK]])
+                sb = np.stack([self.data[int(i)] for i in b[s : s + PAIR_CHUNK]])
+                out[s : s + PAIR_CHUNK] = (sa == sb).mean(axis=1)
+            return out
+        for k, (i, j) in enumerate(zip(a.tolist(), b.tolist())):
+            x, y = self.data[i], self.data[j]
+            inter = np.intersect1d(x, y, assume_unique=True).size
+            union = x.size + y.size - inter
+            out[k] = inter / union if union else 1.0
+        return out
+
+
+# -- clusters and the keep rule -----------------------------------------------------------
+def _choose_kept(labels: np.ndarray, rank: np.ndarray, ex_code: np.ndarray, tpl_code: np.ndarray,
+                 keep_variants: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(members of clusters with 2+ records sorted by cluster then rank, kept_of per member).
+
+    Each cluster keeps its best-ranked record. With `template_variants: keep`, a member
+    that is a template variant of every record kept so far is kept too, so no record is
+    ever removed as a duplicate of its own template variant.
+    """
+    sizes = np.bincount(labels)
+    members = np.flatnonzero(sizes[labels] > 1)
+    members = members[np.lexsort((rank[members], labels[members]))]
+    lab = labels[members]
+    first = np.r_[True, lab[1:] != lab[:-1]]
+    kept_of = members[np.maximum.accumulate(np.where(first, np.arange(len(members)), 0))]
+    if keep_variants and len(members):
+        ex, tpl = ex_code[members], tpl_code[members]
+        conflict = (
+            pl.DataFrame({"lab": lab, "ex": ex, "tpl": tpl}).filter(pl.col("ex") >= 0)
+            .group_by("lab", "ex").agg(pl.col("tpl").n_unique()).filter(pl.col("tpl") > 1)["lab"].unique()
+        )
+        for c in conflict.to_list():
+            sel = np.flatnonzero(lab == c)
+            kept: list[int] = []
+            for p in sel:
+                m = members[p]
+                target = next((k for k in kept if not (ex_code[m] == ex_code[k] and tpl_code[m] != tpl_code[k])), None)
+                if target is None:
+                    kept.append(m)
+                    kept_of[p] = m
+                else:
+                    kept_of[p] = target
+    return members, kept_of
+
+
+def _similarities(members, kept_of, is_exact, proxy, verifier) -> np.ndarray:
+    sim = np.ones(len(members), np.float64)
+    near = np.flatnonzero((members != kept_of) & ~is_exact)
+    if len(near):
+        sim[near] = verifier.similarity(proxy[members[near]], kept_of[near])
+    return sim
+
+
+# -- output --------------------------------------------------------------------------------
+def _report(per_source: pl.DataFrame, stats: dict) -> str:
+    lines = [
+        f"**dedup**: {stats['rows_in']:,} records in, {stats['rows_out']:,} kept, "
+        f"{stats['exact_removed']:,} exact and {stats['near_removed']:,} near duplicates removed "
+        f"in {stats['clusters']:,} clusters.",
+        "",
+        f"MinHash LSH: threshold {stats['threshold']}, num_perm {stats['num_perm']}, "
+        f"{stats['bands']} bands x {stats['rows']} rows, {stats['shingle']} {stats['shingle_size']}-gram "
+        f"shingles, seed {stats['seed']}, projection {stats['projection']}, scope {stats['scope']}, "
+        f"verify {stats['verify']}.",
+        "",
+        "| source | rows in | exact removed | near removed | kept | dedup rate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in per_source.iter_rows(named=True):
+        rate = (r["exact"] + r["near"]) / r["rows_in"] if r["rows_in"] else 0.0
+        lines.append(f"| {r['source']} | {r['rows_in']:,} | {r['exact']:,} | {r['near']:,} | "
+                     f"{r['rows_in'] - r['exact'] - r['near']:,} | {rate:.1%} |")
+    return "\n".join(lines)
+
+
+def _write_outputs(writer, store, shards, offsets, removed, related, reason, sim, meta) -> None:
+    """Stream every shard once: kept rows to `records_dedup`, removed rows to `rejects`."""
+    record_ids = meta["record_id"]
+    for shard, (conv, _) in enumerate(shards):
+        pos = int(offsets[shard])
+        for batch in store.iter_batches(conv, "records"):
+            n = batch.num_rows
+            gone = removed[pos : pos + n]
+            writer.write("records_dedup", RECORDS, batch.filter(pa.array(~gone)))
+            rows = np.flatnonzero(gone)
+            if len(rows):
+                sub = batch.take(pa.array(rows))
+                prefix = mh.project(sub.column("messages"), "conversation")
+                rel = record_ids.gather(related[pos + rows]).to_list()
+                out = []
+                for k, r in enumerate(rows):
+                    g = pos + r
+                    out.append(reject_row(
+                        STEP, reason[g], source=sub.column("source")[k].as_py(),
+                        origin_file=sub.column("origin_file")[k].as_py(),
+                        origin_row=sub.column("origin_row")[k].as_py(),
+                        record_id=sub.column("record_id")[k].as_py(), related_id=rel[k],
+                        detail=f"jaccard {sim[g]:.3f} to kept record", raw=prefix[k],
+                    ))
+                writer.write("rejects", REJECTS, out)
+            pos += n
+    writer.table("records_dedup", RECORDS)
+    writer.table("rejects", REJECTS)
+
+
+def _pass_through(writer, store, shards) -> None:
+    n = 0
+    for conv, _ in shards:
+        for batch in store.iter_batches(conv, "records"):
+            writer.write("records_dedup", RECORDS, batch)
+            n += batch.num_rows
+    for name, schema in (("records_dedup", RECORDS), ("dedup_clusters", CLUSTERS), ("rejects", REJECTS)):
+        writer.table(name, schema)
+    writer.stats.update(rows_in=n, rows_out=n, rows_rejected=0, exact_removed=0, near_removed=0, clusters=0,
+                        enabled=False, report_markdown=f"**dedup** disabled: {n:,} records passed through.")
+
+
+def _run(writer, store: ArtifactStore, shards, cfg: DedupConfig, priorities: dict[str, int]) -> None:
+    log = logger()
+    bands, rows = lsh_params(cfg)
+    meta = _load_meta(store, shards, priorities)
+    n = meta.height
+    if n == 0:
+        _pass_through(writer, store, shards)
+        writer.stats["enabled"] = True
+        return
+    counts = np.bincount(meta["shard"].to_numpy(), minlength=len(shards))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    rank = _keep_rank(meta)
+    src_code = _codes(meta["source"], empty_is_null=False)
+    scope_code = src_code if cfg.scope == "within_source" else np.zeros(n, np.int64)
+    ex_code = _codes(meta["example_id"])
+    tpl_code = _codes(meta["template_id"])
+    key_code = _codes(meta["exact_key"])
+    keep_variants = cfg.template_variants == "keep"
+
+    # 1. exact duplicates: every member points at its group's best-ranked record.
+    ea, eb = _exact_edges(meta, rank, scope_code)
+    if keep_variants:
+        ok = ~_variant_mask(ea, eb, ex_code, tpl_code)
+        ea, eb = ea[ok], eb[ok]
+    proxy = np.arange(n)
+    proxy[ea] = eb  # same normalised text, same shingles
+    # 2. LSH candidates among the records left, verified.
+    has_exact_edge = np.zeros(n, bool)
+    has_exact_edge[ea] = True
+    nodes = np.flatnonzero((meta["n_shingles"].to_numpy() > 0) & ~has_exact_edge)
+    bkeys = _load_band_keys(store, shards, bands)
+    ca, cb = _candidate_pairs(nodes, scope_code, bkeys)
+    del bkeys
+    if keep_variants:
+        ok = ~_variant_mask(ca, cb, ex_code, tpl_code)
+        ca, cb = ca[ok], cb[ok]
+    verifier = Verifier(store, shards, offsets, cfg)
+    csim = verifier.similarity(ca, cb) if len(ca) else np.empty(0)
+    near = csim >= cfg.threshold
+    log.info(f"dedup: {len(ea):,} exact edges, {len(ca):,} candidate pairs, {int(near.sum()):,} verified")
+    # 3. clusters (connected components = union-find over all edges), keep rule.
+    a = np.concatenate([ea, ca[near]])
+    b = np.concatenate([eb, cb[near]])
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)).tocsr()
+    _, labels = connected_components(graph, directed=False)
+    members, kept_of = _choose_kept(labels, rank, ex_code, tpl_code, keep_variants)
+    is_kept = members == kept_of
+    is_exact = (key_code[members] >= 0) & (key_code[members] == key_code[kept_of])
+    sim = _similarities(members, kept_of, is_exact, proxy, verifier)
+
+    removed = np.zeros(n, bool)
+    removed[members[~is_kept]] = True
+    related = np.arange(n)
+    related[members] = kept_of
+    reason = np.full(n, None, object)
+    reason[members[~is_kept & is_exact]] = "exact_duplicate"
+    reason[members[~is_kept & ~is_exact]] = "near_duplicate"
+    simg = np.ones(n)
+    simg[members] = sim
+
+    # cluster ids: clusters ordered by the record_id of their best-ranked kept record.
+    lab = labels[members]
+    first = np.r_[True, lab[1:] != lab[:-1]] if len(lab) else np.empty(0, bool)
+    head_ids = meta["record_id"].gather(members[first]).to_numpy()
+    cluster_of_label = np.zeros(labels.max() + 1, np.int64)
+    cluster_of_label[lab[first]] = np.argsort(np.argsort(head_ids, kind="stable"), kind="stable")
+    clusters = pa.table(
+        {
+            "cluster_id": cluster_of_label[lab],
+            "record_id": meta["record_id"].gather(members).to_arrow(),
+            "is_kept": is_kept,
+            "kept_record_id": meta["record_id"].gather(kept_of).to_arrow(),
+            "similarity": sim,
+            "source": meta["source"].gather(members).to_arrow(),
+            "reason": pa.array(reason[members].tolist(), pa.string()),
+        }
+    )
+    writer.write("dedup_clusters", CLUSTERS, clusters.sort_by([("cluster_id", "ascending"),
+                                                               ("is_kept", "descending"),
+                                                               ("record_id", "ascending")]))
+    _write_outputs(writer, store, shards, offsets, removed, related, reason, simg, meta)
+
+    per_source = (
+        pl.DataFrame({"source": meta["source"],
+                      "exact": reason == "exact_duplicate", "near": reason == "near_duplicate"})
+        .group_by("source").agg(rows_in=pl.len(), exact=pl.col("exact").sum(), near=pl.col("near").sum())
+        .sort("source")
+    )
+    stats = writer.stats
+    stats.update(
+        rows_in=n, rows_out=int(n - removed.sum()), rows_rejected=int(removed.sum()),
+        exact_removed=int((reason == "exact_duplicate").sum()), near_removed=int((reason == "near_duplicate").sum()),
+        clusters=int(first.sum()), candidate_pairs=int(len(ca)), verified_pairs=int(near.sum()),
+        bands=bands, rows=rows, num_perm=cfg.num_perm, threshold=cfg.threshold, shingle=cfg.shingle,
+        shingle_size=cfg.shingle_size, seed=cfg.seed, projection=cfg.projection, scope=cfg.scope,
+        verify=cfg.verify, template_variants=cfg.template_variants, enabled=True,
+        per_source={r["source"]: {k: r[k] for k in ("rows_in", "exact", "near")} for r in per_source.iter_rows(named=True)},
+    )
+    stats["report_markdown"] = _report(per_source, stats)
+
+
+def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_manifests: list[dict]) -> dict:
+    """Step `dedup` over all convert shards; returns its manifest (tables records_dedup,
+    dedup_clusters, rejects)."""
+    rec = Recipe.model_validate(recipe)
+    cfg = rec.dedup
+    store = ArtifactStore(root)
+    shards = _pair_shards(convert_manifests, signature_manifests)
+    priorities = {s.name: s.priority for s in rec.sources}
+    inputs = {"shards": [[input_ref(c), input_ref(s)] for c, s in shards]}
+    config = {**cfg.model_dump(), "priorities": priorities}
+
+    def body(writer):
+        if cfg.enabled:
+            _run(writer, store, shards, cfg, priorities)
+        else:
+            _pass_through(writer, store, shards)
+
+    return run_step(store, STEP, VERSION, inputs, config, "dedup", body)

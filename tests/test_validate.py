@@ -1,0 +1,323 @@
+"""The validate step: row-level expectations, the dataset-level gate, suite errors, reports."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tasks.config import Recipe
+from tasks.errors import GateFailed, RecipeError
+from tasks.schema import RECORDS, record_id
+from tasks.store import ArtifactStore
+from tasks.validate import SuiteError, check_validate, gate, load_suite, validate
+
+SUITE = Path(__file__).resolve().parents[1] / "expectations" / "records.json"
+
+
+def U(text):
+    return {"role": "user", "content": text}
+
+
+def A(text):
+    return {"role": "assistant", "content": text}
+
+
+def S(text):
+    return {"role": "system", "content": text}
+
+
+def rec(messages, source="src", choices=(), i=0, rid=None):
+    return {
+        "record_id": rid or record_id(source, messages, example_id=str(i)), "source": source, "task": "t",
+        "template_id": "", "example_id": str(i), "messages": messages, "answer_choices": list(choices),
+        "origin_file": f"{source}.jsonl", "origin_row": i + 1, "n_turns": len(messages), "n_chars": 0,
+        "lang": None, "meta": "{}",
+    }
+
+
+def good_rows(n, source="src", start=0):
+    topics = ["rivers", "mountains", "bread", "violins", "comets", "gardens", "bridges", "owls"]
+    return [
+        rec([U(f"Please write two sentences about {topics[i % len(topics)]} and why people like them, number {i}."),
+             A(f"People like {topics[i % len(topics)]} because they are interesting. This is answer {i}.")],
+            source=source, i=start + i)
+        for i in range(n)
+    ]
+
+
+def split_manifest(store, train, eval_rows=(), key="k1"):
+    w = store.begin("split", key, label="split")
+    w.write("records_train", RECORDS, train)
+    w.write("records_eval", RECORDS, list(eval_rows))
+    return w.commit()
+
+
+def recipe(tmp_path, **validate_cfg):
+    return {"sources": [{"name": "src", "format": "dolly", "path": "x"}], "base_dir": str(tmp_path),
+            "validate": {"suite": str(SUITE), **validate_cfg}}
+
+
+#: (the bad row, the expectation that must reject it)
+BAD = {
+    "empty_user": ([U("   "), A("An answer that is fine.")], (), "non_empty_turns"),
+    "empty_assistant": ([U("A perfectly normal question here?"), A("")], (), "non_empty_turns"),
+    "two_users": ([U("First question, quite normal?"), U("Second question?"), A("Answer.")], (), "roles_alternate"),
+    "ends_with_user": ([U("A normal question here?"), A("Answer."), U("And a follow-up?")], (), "roles_alternate"),
+    "system_not_first": ([U("A normal question here?"), S("You are helpful."), A("Answer.")], (), "roles_alternate"),
+    "too_long_turn": ([U("Summarise this: " + "word " * 80), A("Short.")], (), "turn_max_chars"),
+    "jinja_leftover": ([U("Premise: {{premise}} Does it follow?"), A("Yes.")], (), "no_template_leftovers"),
+    "pipes_leftover": ([U("Is the sky blue on a clear day? ||| Yes")], (), "roles_alternate"),
+    "pipes_leftover2": ([U("Is the sky blue on a clear day?"), A("Yes ||| no")], (), "no_template_leftovers"),
+    "field_leftover": ([U("Answer the question about {topic} in detail."), A("Fine.")], (), "no_template_leftovers"),
+    "target_not_choice": ([U("Is water wet? Options: yes, no"), A("maybe")], ("yes", "no"), "target_in_answer_choices"),
+    "banned": ([U("Who are you, tell me about yourself?"), A("As an AI Language Model, I have no name.")], (),
+               "no_banned_phrases"),
+}
+#: rows that look suspicious but must pass
+FINE = {
+    "system_first": [S("You are terse."), U("What is two plus two, exactly?"), A("Four.")],
+    "multi_turn": [U("Name a colour of the sky?"), A("Blue."), U("And at night, usually?"), A("Black.")],
+    "latex": [U("Simplify \\frac{a}{b} times x^{2} please, step by step."), A("It is \\frac{a x^{2}}{b}.")],
+    "fenced_code": [U("Fix this code for me please:\n```js\nconst s = `${name}`; if (x) {{ y }}\n```"), A("Done.")],
+    "target_choice": [U("Is fire hot? Options: yes, no"), A(" yes ")],
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mixed")
+    store = ArtifactStore(tmp / "art")
+    rows = good_rows(60)
+    ids = {}
+    for i, (name, (msgs, choices, _)) in enumerate(BAD.items()):
+        r = rec(msgs, choices=choices, i=1000 + i)
+        ids[name] = r["record_id"]
+        rows.append(r)
+    for i, (name, msgs) in enumerate(FINE.items()):
+        r = rec(msgs, choices=("yes", "no") if name == "target_choice" else (), i=2000 + i)
+        ids[name] = r["record_id"]
+        rows.append(r)
+    m = split_manifest(store, rows)
+    out = validate(str(store.root), recipe(tmp, max_turn_chars=300), m)
+    return store, out, ids, len(rows)
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_row_level_expectation_rejects_with_its_name(mixed_run, name):
+    store, out, ids, _ = mixed_run
+    rejects = store.read(out, "rejects").to_pylist()
+    by_id = {r["record_id"]: r for r in rejects}
+    assert ids[name] in by_id, f"{name} was not rejected"
+    r = by_id[ids[name]]
+    assert r["reason"] == BAD[name][2] and r["step"] == "validate"
+    assert r["origin_file"] == "src.jsonl" and r["origin_row"] >= 1001
+    assert BAD[name][2] in r["detail"]
+
+
+@pytest.mark.parametrize("name", sorted(FINE))
+def test_suspicious_but_fine_rows_pass(mixed_run, name):
+    store, out, ids, _ = mixed_run
+    valid = set(store.read(out, "records_valid", columns=["record_id"])["record_id"].to_pylist())
+    assert ids[name] in valid
+
+
+def test_counts_lang_reports_and_gate_pass(mixed_run):
+    store, out, ids, n = mixed_run
+    s = out["stats"]
+    assert s["rows_in"] == n == s["rows_out"] + s["rows_rejected"]
+    assert s["rows_rejected"] == len(BAD)
+    assert s["gate_passed"] is True and s["gate_failures"] == []
+    gate(out)  # does not raise
+    valid = store.read(out, "records_valid")
+    assert valid.schema == RECORDS
+    assert set(valid["lang"].to_pylist()) <= {"en", "und"} and "en" in valid["lang"].to_pylist()
+    d = store.root / out["dir"]
+    ge = json.loads((d / "ge_validation.json").read_text())
+    assert ge["row"] and ge["row"][0]["results"] and ge["source"]["success"] is True
+    md = (d / "validation.md").read_text()
+    assert md == s["report_markdown"]
+    assert "| roles_alternate | row |" in md and ids["two_users"] in md
+    assert "skipped (no tokenizer configured)" in md
+    # failures are queryable the way the catalog exposes them
+    files = [str(p) for p in store.paths(out, "rejects")]
+    got = dict(duckdb.sql(f"select reason, count(*) from read_parquet({files}) where step = 'validate' group by 1").fetchall())
+    assert got["roles_alternate"] == 4 and got["no_template_leftovers"] == 3
+
+
+def test_rerun_is_cached(mixed_run, tmp_path):
+    store, out, _, _ = mixed_run
+    split = store.load("split", "k1")
+    again = validate(str(store.root), recipe(tmp_path, max_turn_chars=300), split)
+    assert again["skipped"] is True and again["key"] == out["key"]
+
+
+def test_language_expectation(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    rows = good_rows(20)
+    german = rec([U("Wie kann ich meine Zeit besser einteilen, wenn ich viel arbeite und wenig schlafe?"), A("Gut.")], i=99)
+    short = rec([U("Hola?"), A("Hi.")], i=98)
+    m = split_manifest(store, rows + [german, short])
+    out = validate(str(store.root), recipe(tmp_path, languages=["en"]), m)
+    rejects = store.read(out, "rejects").to_pylist()
+    assert [(r["record_id"], r["reason"]) for r in rejects] == [(german["record_id"], "allowed_language")]
+    assert "lang=de" in rejects[0]["detail"]
+    langs = dict(zip(*store.read(out, "records_valid", columns=["record_id", "lang"]).to_pydict().values()))
+    assert langs[short["record_id"]] == "und"
+
+
+def _tiny_tokenizer(path: Path) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate("please write two sentences about".split())}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(str(path))
+    return str(path)
+
+
+def test_token_bounds_with_a_local_tokenizer(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    long_one = rec([U("one two three four five six seven eight nine ten eleven twelve thirteen"), A("ok")], i=77)
+    m = split_manifest(store, good_rows(20) + [long_one])
+    r = recipe(tmp_path, max_turn_tokens=18)
+    r["train"] = {"tokenizer": _tiny_tokenizer(tmp_path / "tok")}
+    out = validate(str(store.root), r, m)
+    # good rows: 15 word-level tokens in the user turn (punctuation counts), 13 in the answer
+    assert store.read(out, "rejects").num_rows == 0
+    assert out["stats"]["expectations"]["turn_max_tokens"]["skipped"] is None
+    r2 = recipe(tmp_path, max_turn_tokens=14)
+    r2["train"] = r["train"]
+    out2 = validate(str(store.root), r2, m)
+    rejected = {x["record_id"]: x["reason"] for x in store.read(out2, "rejects").to_pylist()}
+    assert len(rejected) == 20 and set(rejected.values()) == {"turn_max_tokens"}
+    assert long_one["record_id"] not in rejected  # 13 tokens
+
+
+# -- dataset level -------------------------------------------------------------------------
+def test_duplicate_record_id_fails_the_gate(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    rows = good_rows(10)
+    rows.append({**good_rows(1, start=500)[0], "record_id": rows[0]["record_id"]})
+    out = validate(str(store.root), recipe(tmp_path), split_manifest(store, rows))
+    s = out["stats"]
+    assert s["gate_passed"] is False
+    assert any(f.startswith("record_id_unique") and rows[0]["record_id"] in f for f in s["gate_failures"])
+    with pytest.raises(GateFailed, match="record_id_unique"):
+        gate(out)
+
+
+def test_reject_share_and_min_rows_fail_the_gate(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    bad = [rec([U("Only a question, no answer?")], source="noisy", i=i) for i in range(6)]
+    rows = good_rows(10) + bad + good_rows(2, source="noisy", start=100) + good_rows(1, source="tiny", start=200)
+    out = validate(str(store.root), recipe(tmp_path, max_reject_share=0.5, min_rows_per_source=2),
+                   split_manifest(store, rows))
+    fails = out["stats"]["gate_failures"]
+    assert out["stats"]["gate_passed"] is False
+    assert any("source_reject_share" in f and "noisy" in f for f in fails)
+    assert any("source_min_rows" in f and "tiny" in f for f in fails)
+    assert not any("src" in f for f in fails)
+    assert out["stats"]["rows_in"] == out["stats"]["rows_out"] + out["stats"]["rows_rejected"]
+    with pytest.raises(GateFailed):
+        gate(out)
+
+
+def test_empty_suite_fails_the_gate(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    suite = tmp_path / "empty.json"
+    suite.write_text(json.dumps({"name": "records", "expectations": []}))
+    r = recipe(tmp_path)
+    r["validate"]["suite"] = str(suite)
+    out = validate(str(store.root), r, split_manifest(store, good_rows(5)))
+    assert out["stats"]["gate_passed"] is False
+    assert any("no expectations" in f for f in out["stats"]["gate_failures"])
+    assert any("no expectation was evaluated" in f for f in out["stats"]["gate_failures"])
+
+
+def test_all_skipped_suite_fails_the_gate(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    suite = tmp_path / "skipped.json"
+    suite.write_text(json.dumps({"expectations": [
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "lang", "value_set": {"$PARAMETER": "allowed_languages"}},
+         "meta": {"name": "lang", "requires": ["languages"]}}]}))
+    r = recipe(tmp_path)
+    r["validate"]["suite"] = str(suite)
+    out = validate(str(store.root), r, split_manifest(store, good_rows(5)))
+    assert out["stats"]["gate_failures"] == [f"suite {suite}: no expectation was evaluated"]
+
+
+# -- suite errors, before any data is read ----------------------------------------------------
+def _unreadable_manifest(store):
+    """A split manifest whose data is gone: any read of it would fail differently."""
+    m = split_manifest(store, good_rows(3), key="gone")
+    shutil.rmtree(store.root / m["dir"])
+    return m
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"expectations": [{"type": "expect_column_values_to_be_purple", "kwargs": {"column": "lang"}}]}),
+     "unknown expectation type 'expect_column_values_to_be_purple'"),
+    (json.dumps({"expectations": [{"type": "expect_column_values_to_be_null", "kwargs": {"column": "colour"}}]}),
+     "unknown column 'colour'"),
+    (json.dumps({"expectations": [{"type": "expect_column_values_to_be_between",
+                                   "kwargs": {"column": "conversation_chars", "max_value": {"$PARAMETER": "nope"}}}]}),
+     "unknown \\$PARAMETER 'nope'"),
+    (json.dumps([1, 2]), "expectations"),
+])
+def test_bad_suite_errors_naming_the_file(tmp_path, content, match):
+    store = ArtifactStore(tmp_path / "art")
+    suite = tmp_path / "bad_suite.json"
+    suite.write_text(content)
+    r = recipe(tmp_path)
+    r["validate"]["suite"] = str(suite)
+    with pytest.raises(SuiteError, match=match) as exc:
+        validate(str(store.root), r, _unreadable_manifest(store))
+    assert str(suite) in str(exc.value)
+    with pytest.raises(RecipeError, match="bad_suite.json"):
+        check_validate(Recipe.model_validate(r), "recipe.yaml")
+
+
+def test_bad_kwargs_error_names_the_file(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    suite = tmp_path / "kw.json"
+    suite.write_text(json.dumps({"expectations": [
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "lang", "value_set": 5}}]}))
+    r = recipe(tmp_path)
+    r["validate"]["suite"] = str(suite)
+    with pytest.raises(SuiteError, match="kw.json"):
+        validate(str(store.root), r, _unreadable_manifest(store))
+
+
+def test_shipped_suite_loads():
+    suite = load_suite(SUITE)
+    names = [e.name for e in suite.expectations]
+    assert len(names) == len(set(names)) >= 16
+    assert {e.level for e in suite.expectations} == {"row", "table", "source"}
+
+
+def test_check_validate_resolves_project_suite(tmp_path):
+    r = Recipe.model_validate({"sources": [{"name": "a", "format": "dolly", "path": "x"}], "base_dir": str(tmp_path)})
+    check_validate(r)  # the default relative suite path falls back to the project's expectations/
+
+
+def test_great_expectations_and_vectorised_checks_must_agree(tmp_path, monkeypatch):
+    """The Polars twins are cross-checked against great-expectations on the sample."""
+    import tasks.validate as v
+
+    real = v.unexpected_mask
+
+    def off_by_one(e, frame, params):  # a twin that misses the first row's verdict
+        mask = real(e, frame, params)
+        return mask.scatter(0, not mask[0]) if e.name == "roles_alternate" else mask
+
+    monkeypatch.setattr(v, "unexpected_mask", off_by_one)
+    store = ArtifactStore(tmp_path / "art")
+    out = validate(str(store.root), recipe(tmp_path), split_manifest(store, good_rows(5)))
+    fails = out["stats"]["gate_failures"]
+    assert fails == ["roles_alternate: great-expectations counted 0 unexpected rows on the sample, "
+                     "the vectorised check 1"]
