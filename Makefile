@@ -8,7 +8,7 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test install clean
+.PHONY: demo test test-all install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 	$(BIN)/tuneline demo --out artifacts
 
 test: $(VENV)/.installed
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+
+# End-to-end flow, kill/rerun, deployment and multi-stage training tests (minutes each).
+test-all: $(VENV)/.installed
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean:

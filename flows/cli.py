@@ -76,10 +76,11 @@ def _print_summary(out: str, result: dict) -> None:
     root = Path(out).resolve()
     print(f"\nrun {result.get('run_id')}: artifacts in {root}, catalog {root / 'catalog.duckdb'}")
     print(query(root, (REPO / "sql" / "reports" / "step_counts.sql").read_text()))
-    report = (REPO / "sql" / "reports" / "eval_comparison.sql")
-    if result.get("evaluate") and report.exists():
+    if result.get("evaluate"):
+        from tasks.evaluate import catalog_comparison_markdown
+
         print("\nevaluation (base vs stages):")
-        print(query(root, report.read_text()))
+        print(catalog_comparison_markdown(str(root)))
 
 
 def build_parser() -> argparse.ArgumentParser:

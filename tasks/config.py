@@ -321,5 +321,7 @@ def check_recipe(recipe: Recipe, file: str = "<recipe>") -> None:
         READERS[s.format].check_source(recipe, s)
 
     from tasks.mix import check_stages
+    from tasks.validate import check_validate
 
     check_stages(recipe, file)
+    check_validate(recipe, file)
