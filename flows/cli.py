@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -20,10 +21,47 @@ def _env_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 
+@contextlib.contextmanager
+def prefect_api():
+    """One Prefect API for this process and its shard workers.
+
+    With no PREFECT_API_URL, Prefect starts a temporary server per process, so task runs
+    in the process pool would land on servers of their own, invisible in the run's UI.
+    Start the temporary server here instead and hand its URL to every child."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    logging.info("Prefect UI of this run (temporary server, gone when the run ends; set PREFECT_API_URL "
+                 "to use a lasting one): %s", server.address)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        # Send what is queued while the server is still there, else each log and event
+        # batch retries against a closed port for a minute at exit.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=10)
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
 def _run(recipe: str, out: str, until: str | None) -> dict:
     from flows.pipeline import pipeline
 
-    return pipeline(recipe, out, until)
+    with prefect_api():
+        result = pipeline(recipe, out, until)
+        _print_summary(out, result)
+    return result
 
 
 def cmd_demo_data(args) -> int:
@@ -42,8 +80,7 @@ def cmd_demo(args) -> int:
     write_demo_data(data_dir, seed=0)
     recipe = data_dir / "recipe.yaml"
     shutil.copyfile(REPO / "recipes" / "demo.yaml", recipe)
-    result = _run(str(recipe), args.out, None)
-    _print_summary(args.out, result)
+    _run(str(recipe), args.out, None)
     return 0
 
 
@@ -51,15 +88,16 @@ def cmd_run(args) -> int:
     from tasks.config import load_recipe
 
     load_recipe(args.recipe)  # fail on a bad recipe before Prefect starts
-    result = _run(args.recipe, args.out, args.until)
-    _print_summary(args.out, result)
+    _run(args.recipe, args.out, args.until)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from tasks.evaluate import evaluate_finished_run
+    from flows.pipeline import evaluate_finished
 
-    print(evaluate_finished_run(args.recipe, args.out))
+    with prefect_api():
+        result = evaluate_finished(args.recipe, args.out)
+        _print_summary(args.out, result)
     return 0
 
 
@@ -77,10 +115,10 @@ def _print_summary(out: str, result: dict) -> None:
     print(f"\nrun {result.get('run_id')}: artifacts in {root}, catalog {root / 'catalog.duckdb'}")
     print(query(root, (REPO / "sql" / "reports" / "step_counts.sql").read_text()))
     if result.get("evaluate"):
-        from tasks.evaluate import catalog_comparison_markdown
+        from tasks.evaluate import REPORT_FILE
 
-        print("\nevaluation (base vs stages):")
-        print(catalog_comparison_markdown(str(root)))
+        print(f"\nevaluation, base vs stages ({root / REPORT_FILE}):")
+        print((root / REPORT_FILE).read_text())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _env_defaults()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3"):  # one line per API request otherwise
+    # httpx logs one line per API request; great-expectations a page of registry chatter.
+    for noisy in ("httpx", "httpcore", "urllib3", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:

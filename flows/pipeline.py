@@ -91,6 +91,7 @@ def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, 
         return result
 
     tok_m = tokenizer_task(root, rd, validate_m)
+    publish_task(root, run_id, recipe_path, "tokenizer", [tok_m])
     mix_m = mix_task(root, rd, validate_m, split_m, tok_m)
     publish_task(root, run_id, recipe_path, "mix", [mix_m])
     result.update(tokenizer=tok_m, mix=mix_m)
@@ -113,11 +114,15 @@ def train(recipe_path: str, prepared: dict) -> dict:
 
 
 @flow(name="tuneline-evaluate", flow_run_name="evaluate {recipe_path}", log_prints=True)
-def evaluate(recipe_path: str, prepared: dict, models: dict) -> list[dict]:
-    """Evaluate the base model and every trained stage on the same held-out data."""
+def evaluate(recipe_path: str, prepared: dict, models: dict, run_id: str | None = None) -> list[dict]:
+    """Evaluate the base model and every trained stage on the same held-out data.
+
+    `prepared` holds the split, mix and tokenizer manifests; `models` the train manifest
+    of each stage. The comparison table becomes a Prefect artifact and
+    `<out>/eval_comparison.md` (flows/report.py)."""
     recipe = load_recipe(recipe_path)
     rd = recipe.model_dump(by_alias=True)
-    root, run_id = prepared["root"], prepared["run_id"]
+    root, run_id = prepared["root"], run_id or prepared["run_id"]
     args = (prepared["split"], prepared["mix"], prepared["tokenizer"])
     results = [evaluate_task(root, rd, "base", None, *args)]
     for stage in recipe.stages:
@@ -137,7 +142,18 @@ def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None)
     if until in DATA_STEPS or not load_recipe(recipe_path).stages:
         return {"run_id": prepared["run_id"], "root": prepared["root"]}
     models = train(recipe_path, prepared)
-    if until == "train":
+    if until == "train" or not load_recipe(recipe_path).evaluate.enabled:
         return {"run_id": prepared["run_id"], "root": prepared["root"]}
     results = evaluate(recipe_path, prepared, models)
     return {"run_id": prepared["run_id"], "root": prepared["root"], "evaluate": [m["dir"] for m in results]}
+
+
+def evaluate_finished(recipe_path: str, out: str = "artifacts") -> dict:
+    """`tuneline evaluate`: the evaluate flow over the latest published run under `out`."""
+    from tasks.evaluate import finished_run_inputs
+
+    recipe_path = str(Path(recipe_path).resolve())
+    prepared, models = finished_run_inputs(recipe_path, out)
+    run_id = new_run_id()
+    results = evaluate(recipe_path, prepared, models, run_id=run_id)
+    return {"run_id": run_id, "root": prepared["root"], "evaluate": [m["dir"] for m in results]}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from tasks.store import ArtifactStore, RunLog
+from tasks.store import ArtifactStore, RunLog, atomic_write_bytes
 
 
 def step_rows(step: str, manifests: list[dict]) -> list[dict]:
@@ -33,6 +33,8 @@ def publish(root: str, run_id: str, recipe_path: str, step: str, manifests: list
     rows = step_rows(step, manifests)
     store.publish_step(RunLog(store, run_id, recipe_path), step, manifests, rows)
     _prefect_table(step, rows, store)
+    if step == "evaluate":
+        _eval_comparison(store, manifests)
     for m in manifests:
         md = m.get("stats", {}).get("report_markdown")
         if md:
@@ -65,5 +67,21 @@ def _prefect_markdown(key: str, markdown: str, description: str) -> None:
         from prefect.artifacts import create_markdown_artifact
 
         create_markdown_artifact(key=_key(key), markdown=markdown, description=description)
+    except Exception:
+        pass
+
+
+def _eval_comparison(store: ArtifactStore, manifests: list[dict]) -> None:
+    """Base vs every stage: `<out>/eval_comparison.md` and the `eval-comparison` table artifact."""
+    from tasks.evaluate.report import REPORT_FILE, comparison_rows, rows_markdown
+
+    rows = comparison_rows(str(store.root), manifests)
+    atomic_write_bytes(store.root / REPORT_FILE, rows_markdown(rows).encode())
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(key="eval-comparison", table=[{k: ("" if v is None else v) for k, v in r.items()}
+                                                            for r in rows],
+                              description=f"Evaluation, base vs stages; also {store.root / REPORT_FILE}")
     except Exception:
         pass

@@ -347,10 +347,14 @@ class RunLog:
         self.store, self.run_id, self.recipe = store, safe_name(run_id, "run id"), recipe
         self.path = store.root / "runs" / f"{self.run_id}.jsonl"
         self.path.parent.mkdir(exist_ok=True)
-        self.rows: list[dict] = []
 
     def append(self, rows: list[dict]) -> None:
+        """Add rows to the run's file (called under the store lock; the flows of one run
+        each hold their own RunLog, so the file on disk is the source of truth)."""
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            blob = b""
         for r in rows:
-            self.rows.append({"run_id": self.run_id, "recipe": self.recipe, **r})
-        blob = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self.rows)
-        atomic_write_bytes(self.path, blob.encode())
+            blob += (json.dumps({"run_id": self.run_id, "recipe": self.recipe, **r}, sort_keys=True, default=str) + "\n").encode()
+        atomic_write_bytes(self.path, blob)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tasks.config import Recipe
+from tasks.errors import TunelineError
 from tasks.evaluate import EVAL, comparison_markdown, comparison_rows, evaluate
 from tasks.evaluate.scoring import greedy_generate, score_sequences
 from tasks.evaluate.suites import ChoiceItem, Scorer, heldout_loss, rank_classify
@@ -336,26 +337,33 @@ def test_mmlu_suite_in_the_step(world, tmp_path):
     assert not any(r["suite"] == "generation" for r in rows)
 
 
-@pytest.mark.slow
-def test_evaluate_finished_run_finds_the_latest_artifacts(world, tmp_path):
+def test_finished_run_inputs_finds_the_latest_artifacts(world, tmp_path):
     import yaml
 
-    from tasks.evaluate import evaluate_finished_run
+    from tasks.evaluate import finished_run_inputs
     from tasks.store import RunLog
 
     store, tok, split, mix, stages = world
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(_finished_recipe(tmp_path)))
+    with pytest.raises(TunelineError, match="no published 'split' step"):
+        finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
     run = RunLog(store, "r2", "recipe.yaml")
-    for step, ms in [("split", [split]), ("mix", [mix]), ("train", [stages["nlp"], stages["dialog"]])]:
+    for step, ms in [("split", [split]), ("mix", [mix]), ("train", [stages["nlp"]])]:
         store.publish_step(run, step, ms, [])
+    with pytest.raises(TunelineError, match=r"stages \['dialog'\] have no published training run"):
+        finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
+    store.publish_step(run, "train", [stages["nlp"], stages["dialog"]], [])
+    prepared, models = finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
+    assert prepared["split"]["key"] == split["key"] and prepared["mix"]["key"] == mix["key"]
+    assert prepared["tokenizer"]["key"] == tok["key"]  # found through the mix manifest's inputs
+    assert {k: v["key"] for k, v in models.items()} == {"nlp": stages["nlp"]["key"], "dialog": stages["dialog"]["key"]}
+
+
+def _finished_recipe(tmp_path) -> dict:
     for name in ("qa.jsonl", "chat.jsonl"):
         (tmp_path / name).write_text("")
     rd = recipe_dict()
     rd.pop("base_dir")
     rd["sources"] = [{"name": "qa", "format": "p3", "path": "qa.jsonl"},
                      {"name": "chat", "format": "dolly", "path": "chat.jsonl"}]
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(rd))
-    md = evaluate_finished_run(str(tmp_path / "recipe.yaml"), str(store.root))
-    assert "| suite | metric | source | 0:base | 1:nlp | 2:dialog |" in md
-    assert "forgetting_loss_delta" in md
-    assert (store.root / "eval_comparison.md").read_text() == md
-    assert [m.split("/")[0] for m in store.latest()["evaluate"]] == ["evaluate"] * 3
+    return rd

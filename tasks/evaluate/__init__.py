@@ -10,17 +10,17 @@ Suites (the `suite` column of the `eval` table):
   (SQuAD normalisation) and ROUGE-L F1; the texts go to the `generations` table.
 Forgetting is computed in the comparison (sql/reports/eval_comparison.sql).
 """
-from tasks.evaluate.finished import evaluate_finished_run
+from tasks.evaluate.finished import finished_run_inputs
 from tasks.evaluate.metrics import exact_match, normalize_answer, rouge_l
 from tasks.evaluate.mmlu import MmluError, MmluItem, read_mmlu_csv
 from tasks.evaluate.report import (
-    catalog_comparison_markdown, catalog_comparison_rows, comparison_markdown, comparison_rows, rows_markdown,
+    REPORT_FILE, catalog_comparison_rows, comparison_markdown, comparison_rows, rows_markdown,
 )
 from tasks.evaluate.run import EVAL, GENERATIONS, evaluate, evaluate_loaded
 
 __all__ = [
-    "EVAL", "GENERATIONS", "MmluError", "MmluItem", "catalog_comparison_markdown", "catalog_comparison_rows",
+    "EVAL", "GENERATIONS", "REPORT_FILE", "MmluError", "MmluItem", "catalog_comparison_rows",
     "comparison_markdown", "comparison_rows",
-    "evaluate", "evaluate_finished_run", "evaluate_loaded", "exact_match", "normalize_answer",
+    "evaluate", "evaluate_loaded", "finished_run_inputs", "exact_match", "normalize_answer",
     "read_mmlu_csv", "rouge_l", "rows_markdown",
 ]

@@ -1,16 +1,9 @@
-"""`tuneline evaluate RECIPE.yaml`: evaluate base and every stage of the latest finished run."""
+"""`tuneline evaluate RECIPE.yaml`: find the artifacts of the latest finished run to evaluate."""
 from __future__ import annotations
-
-import time
-from pathlib import Path
 
 from tasks.config import load_recipe
 from tasks.errors import TunelineError
-from tasks.evaluate.report import comparison_markdown
-from tasks.evaluate.run import evaluate
-from tasks.store import ArtifactStore, RunLog, atomic_write_bytes
-
-REPORT_FILE = "eval_comparison.md"
+from tasks.store import ArtifactStore
 
 
 def _one(store: ArtifactStore, step: str) -> dict:
@@ -51,12 +44,10 @@ def _stage_of(manifest: dict) -> str | None:
     return manifest.get("label")
 
 
-def evaluate_finished_run(recipe_path: str, out: str) -> str:
-    """Evaluate base + every stage on the latest published split/mix/train artifacts;
-    publishes the evaluate step and returns the comparison markdown (also written to
-    `<out>/eval_comparison.md`)."""
+def finished_run_inputs(recipe_path: str, out: str) -> tuple[dict, dict[str, dict]]:
+    """The split, mix, tokenizer and per-stage model manifests of the latest published run
+    under `out`, in the shape the evaluate flow takes: (prepared, {stage: train manifest})."""
     recipe = load_recipe(recipe_path)
-    rd = recipe.model_dump(by_alias=True)
     store = ArtifactStore(out)
     split, mix = _one(store, "split"), _one(store, "mix")
     trained = {_stage_of(m): m for m in store.latest_manifests("train")}
@@ -65,18 +56,8 @@ def evaluate_finished_run(recipe_path: str, out: str) -> str:
         raise TunelineError(f"stages {missing} have no published training run under {store.root}; "
                             f"found {sorted(k for k in trained if k)}")
     tok = _tokenizer_manifest(store, [mix, *trained.values()])
-    results = [evaluate(str(store.root), rd, "base", None, split, mix, tok)]
-    for s in recipe.stages:
-        results.append(evaluate(str(store.root), rd, s.name, trained[s.name], split, mix, tok))
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-evaluate"
-    rows = [{"step": "evaluate", "label": m.get("label", ""), "key": m["key"], "dir": m["dir"],
-             "skipped": bool(m.get("skipped")), **{k: m["stats"].get(k, 0) for k in
-                                                     ("rows_in", "rows_out", "rows_rejected", "seconds")},
-             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} for m in results]
-    store.publish_step(RunLog(store, run_id, str(Path(recipe_path).resolve())), "evaluate", results, rows)
-    markdown = comparison_markdown(str(store.root), results)
-    atomic_write_bytes(store.root / REPORT_FILE, markdown.encode())
-    return markdown
+    prepared = {"root": str(store.root), "split": split, "mix": mix, "tokenizer": tok}
+    return prepared, {s.name: trained[s.name] for s in recipe.stages}
 
 
-__all__ = ["evaluate_finished_run"]
+__all__ = ["finished_run_inputs"]

@@ -13,6 +13,9 @@ SQL = Path(__file__).resolve().parents[2] / "sql" / "reports" / "eval_comparison
 _KEYS = ("suite", "metric", "source")
 
 
+REPORT_FILE = "eval_comparison.md"  # in the artifacts directory, rewritten by every evaluate step
+
+
 def _files(paths) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
@@ -91,8 +94,3 @@ def rows_markdown(rows: list[dict], title: str = "Evaluation: base vs stages") -
 def comparison_markdown(root: str, eval_manifests: list[dict]) -> str:
     """The base vs stages table as markdown (rows suite/metric/source, one column per model)."""
     return rows_markdown(comparison_rows(root, eval_manifests))
-
-
-def catalog_comparison_markdown(root: str) -> str:
-    """`catalog_comparison_rows` as markdown, for `tuneline demo`'s closing summary."""
-    return rows_markdown(catalog_comparison_rows(root))
