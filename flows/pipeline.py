@@ -18,6 +18,7 @@ from flows.tasks import (
     signatures_task, split_task, tokenizer_task, train_task, validate_task,
 )
 from tasks.config import load_recipe
+from tasks.store import ArtifactStore
 
 DATA_STEPS = ["ingest", "convert", "dedup", "split", "validate", "mix"]
 STEPS = DATA_STEPS + ["train", "evaluate"]
@@ -56,6 +57,7 @@ def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, 
     root = str(Path(out).resolve())
     run_id = run_id or new_run_id()
     result: dict = {"run_id": run_id, "root": root}
+    ArtifactStore(root).clean_staging()  # what a killed run left half-written
 
     shards = [(s.name, f) for s in recipe.sources for f in recipe.source_files(s)]
     ingest = [ingest_task.submit(root, rd, src, f, _shard_label(src, f, i)) for i, (src, f) in enumerate(shards)]

@@ -13,7 +13,7 @@ its config and its version, never a run id: the same work always lands in the sa
 directory, and a directory whose manifest verifies is reused instead of recomputed.
 
 Publishing is atomic at two levels: each file is written to a temp name, fsynced and
-renamed; the whole step is staged in `<step>/.staging-<key>-<pid>-<rand>/` and the
+renamed; the whole step is staged in `<step>/.staging-<key>-<host>-<pid>-<rand>/` and the
 directory is renamed to `<step>/<key>/` only after its manifest is written. A crash
 leaves at most a staging directory, which nothing reads and the next run removes.
 """
@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from tasks.errors import TunelineError
 
 MANIFEST = "manifest.json"
 PART_ROWS = 200_000
+# Names the host in staging directory names, so a run never removes a live Dask worker's.
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 #: Test-only fault injection: set to a callable(point: str) to crash at named points.
@@ -175,7 +178,7 @@ class StepWriter:
     def __init__(self, store: "ArtifactStore", step: str, key: str, meta: dict):
         self.store, self.step, self.key, self.meta = store, step, key, meta
         store.inside(store.root / step)
-        self.dir = store.root / step / f".staging-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.dir = store.root / step / f".staging-{key}-{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
         self.dir.mkdir(parents=True)
         self._tables: dict[str, _TableWriter] = {}
         self.stats: dict[str, Any] = {}
@@ -291,13 +294,19 @@ class ArtifactStore:
             for p in self.paths(m, table):
                 yield from pq.ParquetFile(p).iter_batches(batch_size=batch_size, columns=columns)
 
-    def clean_staging(self, max_age_s: float = 0) -> int:
-        """Remove staging directories left by crashed runs whose process is gone."""
+    def clean_staging(self, other_hosts_after_s: float = 24 * 3600) -> int:
+        """Remove staging directories left by crashed runs: those of a dead process on this
+        host, and those of other hosts (Dask workers) untouched for `other_hosts_after_s`."""
         removed = 0
         for d in self.root.glob("*/.staging-*"):
-            pid = int(d.name.split("-")[-2]) if d.name.count("-") >= 3 else -1
-            alive = pid > 0 and Path(f"/proc/{pid}").exists()
-            if not alive and time.time() - d.stat().st_mtime >= max_age_s:
+            parts = d.name.split("-")  # .staging, key, host tag, pid, random
+            if len(parts) != 5 or not parts[3].isdigit():
+                continue
+            if parts[2] == HOST_TAG:
+                stale = not Path(f"/proc/{parts[3]}").exists()
+            else:
+                stale = time.time() - d.stat().st_mtime >= other_hosts_after_s
+            if stale:
                 shutil.rmtree(d, ignore_errors=True)
                 removed += 1
         return removed

@@ -92,9 +92,17 @@ def test_crash_before_manifest_leaves_only_staging(store, monkeypatch):
 
 
 def test_stale_staging_is_cleaned(store):
-    d = store.root / "s" / ".staging-abc-999999999-ffff"
-    d.mkdir(parents=True)
-    assert store.clean_staging() == 1 and not d.exists()
+    import os
+
+    from tasks.store import HOST_TAG
+
+    dead = store.root / "s" / f".staging-abc-{HOST_TAG}-999999999-ffff"
+    live = store.root / "s" / f".staging-abd-{HOST_TAG}-{os.getpid()}-ffff"
+    other_host = store.root / "s" / ".staging-abe-0badc0de-999999999-ffff"
+    for d in (dead, live, other_host):
+        d.mkdir(parents=True)
+    assert store.clean_staging() == 1 and not dead.exists() and live.exists() and other_host.exists()
+    assert store.clean_staging(other_hosts_after_s=0) == 1 and not other_host.exists() and live.exists()
 
 
 def test_rows_must_add_up(store):

@@ -116,7 +116,7 @@ def test_changing_one_input_recomputes_only_what_depends_on_it(api_url, demo_dir
     assert again.returncode == 0
     assert all(sk for _, _, _, sk in last_run(out)), "an identical re-run executes no step body"
 
-    dolly = next(data.glob("dolly*.jsonl"))
+    dolly = data / "dolly" / "dolly.jsonl"
     line = json.dumps({"instruction": "Name a colour.", "context": "", "response": "Blue.", "category": "open_qa"})
     with open(dolly, "a") as fh:
         fh.write(line + "\n")
