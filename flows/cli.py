@@ -1,4 +1,4 @@
-"""`tuneline` command line: demo, demo-data, run, evaluate, query."""
+"""`tuneline` command line: demo, demo-data, run, evaluate, server, query."""
 from __future__ import annotations
 
 import argparse
@@ -33,9 +33,9 @@ def prefect_api():
     if PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from flows.prefect_server import temporary_server_class
 
-    server = SubprocessASGIServer()
+    server = temporary_server_class()()
     server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
     os.environ["PREFECT_API_URL"] = server.api_url
     logging.info("Prefect UI of this run (temporary server, gone when the run ends; set PREFECT_API_URL "
@@ -101,6 +101,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_server(args) -> int:
+    from flows.prefect_server import serve
+
+    serve(args.host, args.port, ui=not args.no_ui)
+    return 0
+
+
 def cmd_query(args) -> int:
     from tasks.catalog import query
 
@@ -145,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("recipe")
     e.add_argument("--out", default="artifacts")
     e.set_defaults(func=cmd_evaluate)
+
+    sv = sub.add_parser("server", help="a lasting Prefect server (API, UI, scheduler) for deployments and workers")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    sv.add_argument("--port", type=int, default=4200)
+    sv.add_argument("--no-ui", action="store_true")
+    sv.set_defaults(func=cmd_server)
 
     q = sub.add_parser("query", help="read-only SQL against the catalog")
     q.add_argument("sql")

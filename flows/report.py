@@ -21,6 +21,8 @@ def step_rows(step: str, manifests: list[dict]) -> list[dict]:
                 "rows_in": s.get("rows_in", 0),
                 "rows_out": s.get("rows_out", 0),
                 "rows_rejected": s.get("rows_rejected", 0),
+                # convert renders one raw row with several templates (P3): records it wrote
+                "records_out": s.get("records_out", s.get("rows_out", 0)),
                 "seconds": s.get("seconds", 0.0),
                 "finished_at": now,
             }
@@ -51,7 +53,7 @@ def _prefect_table(step: str, rows: list[dict], store: ArtifactStore) -> None:
     except ImportError:
         return
     table = [
-        {k: r[k] for k in ("label", "rows_in", "rows_out", "rows_rejected", "skipped", "seconds")}
+        {k: r[k] for k in ("label", "rows_in", "rows_out", "rows_rejected", "records_out", "skipped", "seconds")}
         | {"artifact": str(store.root / r["dir"])}
         for r in rows
     ]

@@ -1,7 +1,7 @@
 """A real `prefect server` on loopback for the deployment, auth, Dask and concurrency tests.
 
 One server per test session, started the way the README tells a user to start one:
-`prefect server start --host 127.0.0.1 --port <free port>` with its own temporary
+`tuneline server --host 127.0.0.1 --port <free port>` with its own temporary
 `PREFECT_HOME` and sqlite database, and basic auth switched on
 (`PREFECT_SERVER_API_AUTH_STRING`), so every client in these tests (CLI, worker, flow
 runs) proves it works with `PREFECT_API_AUTH_STRING`. The UI is off to start faster.
@@ -24,6 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+TUNELINE = str(Path(sys.executable).with_name("tuneline"))
 
 
 def free_port() -> int:
@@ -123,7 +124,7 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> None:
 @contextlib.contextmanager
 def prefect_server_process(home: Path, auth_string: str | None = None, ui: bool = False,
                            timeout: float = 300) -> Iterator[PrefectServer]:
-    """`prefect server start` on 127.0.0.1 and a free port, with a sqlite db under `home`."""
+    """`tuneline server` on 127.0.0.1 and a free port, with a sqlite db under `home`."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = clean_env() | {
@@ -139,7 +140,7 @@ def prefect_server_process(home: Path, auth_string: str | None = None, ui: bool 
     log = home / "server.log"
     with open(log, "w") as fh:
         process = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--ui" if ui else "--no-ui"],
+            [TUNELINE, "server", "--host", "127.0.0.1", "--port", str(port), *([] if ui else ["--no-ui"])],
             env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=home, start_new_session=True)
     api_url = f"http://127.0.0.1:{port}/api"
     server = PrefectServer(api_url, auth_string, home, log, process, logs=[log])

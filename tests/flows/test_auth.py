@@ -28,20 +28,17 @@ def test_api_refuses_calls_without_the_auth_string(prefect_api):
 
 
 def test_python_client_works_with_the_auth_string_and_fails_without(prefect_api):
-    # Prefect 3.8.8's server answers 422 to its own client's unfiltered `read_flows()` /
-    # `read_flow_runs()` (null filter fields; see deployments/README.md), so this uses
-    # calls that work on this stack.
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     with prefect_api.settings(), get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name="auth-probe", type="process"), overwrite=True)
-        assert client.read_work_pool("auth-probe").name == "auth-probe"
+        # Unfiltered reads send null fields: 422 from stock Prefect 3.8.8 on FastAPI >= 0.132,
+        # fine through `tuneline server` (flows/prefect_server.py).
+        assert client.read_flows() is not None and client.read_flow_runs() is not None
     with temporary_settings(updates={PREFECT_API_URL: prefect_api.api_url}, restore_defaults={PREFECT_API_AUTH_STRING}):
         with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError, match="401"):
-            client.read_work_pool("auth-probe")
+            client.read_flows()
 
 
 def _listening_addresses(port: int) -> set[str]:
