@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 TUNELINE = str(Path(sys.executable).with_name("tuneline"))
 pytestmark = pytest.mark.slow
 DATA_STEPS = ["ingest", "convert", "dedup", "split", "validate", "mix"]
-UNTIL = "split"  # the whole data refresh
+UNTIL = "split"  # ingest to split: every step that races on shards, latest.json and the catalog
 
 
 @pytest.fixture(scope="module")
