@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
@@ -21,42 +20,9 @@ def _env_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 
-@contextlib.contextmanager
-def prefect_api():
-    """One Prefect API for this process and its shard workers.
-
-    With no PREFECT_API_URL, Prefect starts a temporary server per process, so task runs
-    in the process pool would land on servers of their own, invisible in the run's UI.
-    Start the temporary server here instead and hand its URL to every child."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from flows.prefect_server import temporary_server_class
-
-    server = temporary_server_class()()
-    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-    os.environ["PREFECT_API_URL"] = server.api_url
-    logging.info("Prefect UI of this run (temporary server, gone when the run ends; set PREFECT_API_URL "
-                 "to use a lasting one): %s", server.address)
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        # Send what is queued while the server is still there, else each log and event
-        # batch retries against a closed port for a minute at exit.
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-
-        for worker in (APILogWorker, EventsWorker):
-            worker.drain_all(timeout=10)
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
-
-
 def _run(recipe: str, out: str, until: str | None) -> dict:
     from flows.pipeline import pipeline
+    from flows.prefect_server import prefect_api
 
     with prefect_api():
         result = pipeline(recipe, out, until)
@@ -94,6 +60,7 @@ def cmd_run(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from flows.pipeline import evaluate_finished
+    from flows.prefect_server import prefect_api
 
     with prefect_api():
         result = evaluate_finished(args.recipe, args.out)

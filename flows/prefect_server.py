@@ -15,11 +15,13 @@ tests/flows/test_deployments.py exercise these calls).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 # POST endpoints whose JSON body is a set of optional query fields (filters, sort, limit).
 READ_ENDPOINTS = ("/filter", "/count", "/paginate", "/history", "/get_scheduled_flow_runs", "/get_runs",
@@ -94,7 +96,9 @@ def temporary_server_class():
     from prefect.settings import get_current_settings
 
     class TemporaryServer(SubprocessASGIServer):
-        _instances: dict = {}
+        # Shares Prefect's per-port registry on purpose: a thread that has not seen the
+        # run's settings (contextvars do not cross threads) and falls back to Prefect's own
+        # temporary server gets this one instead of starting a second.
 
         def _run_uvicorn_command(self) -> subprocess.Popen:
             env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
@@ -105,3 +109,37 @@ def temporary_server_class():
                  "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env)
 
     return TemporaryServer
+
+
+@contextlib.contextmanager
+def prefect_api(timeout_s: float | None = None) -> Iterator[Any]:
+    """One Prefect API for this process and its shard workers, for the length of a run.
+
+    With PREFECT_API_URL set, that server. Without it, Prefect would start a temporary
+    server per process, so task runs in the process pool would land on servers of their
+    own, invisible in the run's UI: start one temporary server here (UI on) and hand its
+    URL to every child through the environment. Yields the server, or None."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield None
+        return
+    server = temporary_server_class()()
+    server.start(timeout=int(timeout_s or os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 300)))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    logging.getLogger(__name__).info(
+        "Prefect UI of this run (a temporary server, gone when the run ends; `tuneline server` and "
+        "PREFECT_API_URL for a lasting one): %s", server.address)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server
+    finally:
+        # Send what is queued while the server is still there, else each log and event
+        # batch retries against a closed port for a minute at exit.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=10)
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

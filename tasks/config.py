@@ -96,6 +96,9 @@ class DecontaminationConfig(Section):
     ngram: int = Field(13, ge=3, le=50)
     heldout: bool = True  # compare against the project's own held-out split
     short_min_words: int = Field(3, ge=1)  # prompts < ngram words: containment from here, equality below
+    # An n-gram shared by this many distinct items of one benchmark (or held-out examples) is
+    # template text and not matched; None matches every n-gram.
+    boilerplate_items: int | None = Field(3, ge=2)
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
 
 

@@ -38,7 +38,10 @@ from tasks.config import BenchmarkConfig, DecontaminationConfig, Recipe
 from tasks.errors import RecipeError
 
 HELDOUT = "heldout"
-PROMPTS = pa.schema([("bench", pa.string()), ("item_id", pa.string()), ("text", pa.string())])
+PL_EMPTY_BOILERPLATE = pl.DataFrame(schema={"bench": pl.String, "h": pl.UInt64, "items": pl.UInt32})
+# group: the evaluation item a prompt belongs to (a held-out row's example_id, so template
+# variants of one example count once; a benchmark row's id, shared by its turns).
+PROMPTS = pa.schema([("bench", pa.string()), ("item_id", pa.string()), ("text", pa.string()), ("group", pa.string())])
 TURNS = pa.schema([("row_idx", pa.int64()), ("text", pa.string())])
 MATCHES = pa.schema([("row_idx", pa.int64()), ("bench", pa.string()), ("item_id", pa.string())])
 
@@ -121,9 +124,10 @@ def check_benchmarks(recipe: Recipe) -> None:
 
 
 def benchmark_prompts(recipe: Recipe, bench: BenchmarkConfig) -> pa.Table:
-    """(bench, item_id, text) of every prompt of one benchmark; list values become `<id>:<j>` items."""
+    """(bench, item_id, text, group) of every prompt of one benchmark; list values become
+    `<id>:<j>` items of group `<id>`."""
     files = benchmark_files(recipe, bench)
-    out: dict[str, list] = {"bench": [], "item_id": [], "text": []}
+    out: dict[str, list] = {"bench": [], "item_id": [], "text": [], "group": []}
     for file in files:
         prefix = f"{Path(file).stem}:" if len(files) > 1 else ""
         for row_no, row in _rows(bench, file):
@@ -143,6 +147,7 @@ def benchmark_prompts(recipe: Recipe, bench: BenchmarkConfig) -> pa.Table:
                     out["bench"].append(bench.name)
                     out["item_id"].append(item_id)
                     out["text"].append(str(text))
+                    out["group"].append(item)
     return pa.table(out, schema=PROMPTS)
 
 
@@ -214,8 +219,19 @@ class Decontaminator:
         self.n, self.short_min = cfg.ngram, cfg.short_min_words
         p = _words(pl.from_arrow(prompts))
         n, short = self.n, self.short_min
-        # Long prompts: their n-gram hashes.
-        self.eval_grams = _grams(p.filter(pl.col("n_words") >= n), n, ["bench", "item_id"]).unique()
+        # Long prompts: their n-gram hashes, less template text: an n-gram that
+        # `boilerplate_items` or more distinct items of one benchmark share ("Read the
+        # following article and answer the question ...", MMLU's header) says nothing about
+        # any one item, and would flag every training row rendered from the same template.
+        grams = _grams(p.filter(pl.col("n_words") >= n), n, ["bench", "item_id", "group"])
+        self.boilerplate = PL_EMPTY_BOILERPLATE
+        if cfg.boilerplate_items:
+            self.boilerplate = (
+                grams.group_by("bench", "h").agg(pl.col("group").n_unique().alias("items"))
+                .filter(pl.col("items") >= cfg.boilerplate_items)
+            )
+            grams = grams.join(self.boilerplate, on=["bench", "h"], how="anti")
+        self.eval_grams = grams.select("bench", "item_id", "h").unique()
         # Short prompts: keyed by the hash of their first `short` words (a training turn's
         # `short`-gram), then verified as a whole-word substring; keeps the gram table 2x, not 10x.
         self.eval_short = p.filter((pl.col("n_words") >= short) & (pl.col("n_words") < n)).select(
@@ -228,6 +244,7 @@ class Decontaminator:
         ).unique()
         self.n_prompts = p.height
         self.n_grams = self.eval_grams.height
+        self.n_boilerplate = self.boilerplate.height  # n-grams left out as template text
 
     def match(self, turns: pa.Table) -> pa.Table:
         """One (row_idx, bench, item_id) per contaminated training row; the smallest match wins."""
@@ -265,15 +282,17 @@ def eval_prompts(recipe: Recipe, heldout_turns: pa.Table | None) -> pa.Table:
 
 
 def heldout_prompts(batches) -> pa.Table:
-    """(bench='heldout', item_id=record_id, text) of the user turns of held-out RECORDS batches."""
+    """(bench='heldout', item_id=record_id, text, group=example_id or record_id) of the user
+    turns of held-out RECORDS batches."""
 
     frames = []
     for batch in batches:
-        df = pl.from_arrow(pa.Table.from_batches([batch]).select(["record_id", "messages"]))
+        df = pl.from_arrow(pa.Table.from_batches([batch]).select(["record_id", "example_id", "messages"]))
         frames.append(
             df.explode("messages").drop_nulls("messages").unnest("messages")
             .filter(pl.col("role") == "user")
-            .select(pl.lit(HELDOUT).alias("bench"), pl.col("record_id").alias("item_id"), pl.col("content").alias("text"))
+            .select(pl.lit(HELDOUT).alias("bench"), pl.col("record_id").alias("item_id"), pl.col("content").alias("text"),
+                    pl.coalesce(pl.col("example_id").replace("", None), pl.col("record_id")).alias("group"))
         )
     if not frames:
         return PROMPTS.empty_table()

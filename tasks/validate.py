@@ -79,6 +79,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONTAMINATED = "contaminated"
 SAMPLE_IDS = 5
 
+# The final answer of a reasoned target: what follows the last "answer:" / "answer is:".
+FINAL_ANSWER = r"(?is).*answer(?:\s+is)?\s*:\s*(.+?)[.\s]*$"
+
 ROW_COLUMNS = {
     "record_id": "record id",
     "source": "source name",
@@ -90,7 +93,8 @@ ROW_COLUMNS = {
     "longest_turn_tokens": "longest turn, tokens (null without a tokenizer)",
     "conversation_tokens": "all turns, tokens (null without a tokenizer)",
     "template_leftover": "the first template leftover found, else null",
-    "target_in_choices": "last assistant turn is one of answer_choices; null without choices",
+    "target_in_choices": "last assistant turn (or the final answer of a reasoned one) is one of answer_choices; "
+                         "null without choices",
     "banned_phrase": "the first banned phrase found in an assistant turn, else null",
     "lang": "language of the first user turn (ISO 639-1, `und` when too short)",
 }
@@ -338,6 +342,10 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, tokenizer=None) -> pl.Da
         pl.when(choices.is_null() | (choices.list.len() == 0)).then(None).otherwise(
             choices.list.eval(pl.element().str.strip_chars()).list.contains(pl.col("_target").str.strip_chars())
             .fill_null(False)
+            # a reasoned target (FLAN CoT: rationale, then "The answer: X", "So the answer is: X",
+            # "Final answer: X") passes when its final answer X is a choice
+            | choices.list.eval(pl.element().str.strip_chars()).list.contains(
+                pl.col("_target").str.extract(FINAL_ANSWER, 1).str.strip_chars()).fill_null(False)
         ).alias("target_in_choices"),
         pl.Series("lang", _languages(out["_user"].to_list(), cfg.lang_min_chars, cfg.lang_max_chars), dtype=pl.String)
         if cfg.lang_max_chars else df["lang"],
@@ -582,7 +590,7 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
     writer.stats.update(
         rows_in=rows_in, rows_out=rows_out, rows_rejected=rejected,
         rows_contaminated=sum(per_bench.values()), contaminated_by_benchmark=per_bench,
-        eval_prompts=matcher.n_prompts, per_source=source_frame.to_dicts(),
+        eval_prompts=matcher.n_prompts, boilerplate_ngrams=matcher.n_boilerplate, per_source=source_frame.to_dicts(),
         expectations={n: _outcome_stats(o) for n, o in outcomes.items()},
         gate_passed=not failures, gate_failures=failures, report_markdown=report,
     )
@@ -746,7 +754,8 @@ def _report(suite: Suite, outcomes: dict, source_frame: pl.DataFrame, per_bench:
     for r in source_frame.iter_rows(named=True):
         lines.append(f"| {r['source']} | {r['rows_in']} | {r['rows_rejected']} | {r['rows_contaminated']} | "
                      f"{r['rows_valid']} | {r['reject_share']:.1%} |")
-    lines += ["", f"### Decontamination ({matcher.n_prompts} eval prompts, {matcher.n} -grams)".replace(" -", "-"), ""]
+    lines += ["", f"### Decontamination ({matcher.n_prompts} eval prompts, {matcher.n}-grams; "
+                  f"{matcher.n_boilerplate} template n-grams shared by many eval items not matched)", ""]
     lines += [f"- {b}: {n} rows removed" for b, n in sorted(per_bench.items())] or ["- no contaminated rows"]
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
 
+# Tests never talk to a user's own Prefect server: every one starts its own.
+for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_PROFILE"):
+    os.environ.pop(_name, None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -24,12 +27,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    """A real Prefect server (temporary sqlite database) for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory):
+    """The temporary Prefect server `tuneline run` starts (flows/prefect_server.py), with a
+    sqlite database of its own, for the whole session."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    from flows.prefect_server import prefect_api
+
+    db = tmp_path_factory.mktemp("prefect") / "prefect.db"
+    with temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}):
+        with prefect_api(timeout_s=300) as server:
+            yield server
 
 
 @pytest.fixture

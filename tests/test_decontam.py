@@ -29,7 +29,7 @@ def sentence(rng, n):
 
 def matches(prompts, turns, **cfg):
     p = pa.table({"bench": [b for b, _, _ in prompts], "item_id": [i for _, i, _ in prompts],
-                  "text": [t for _, _, t in prompts]}, schema=PROMPTS)
+                  "text": [t for _, _, t in prompts], "group": [i for _, i, _ in prompts]}, schema=PROMPTS)
     t = pa.table({"row_idx": list(range(len(turns))), "text": turns}, schema=TURNS)
     d = Decontaminator(p, DecontaminationConfig(**cfg))
     try:
@@ -49,6 +49,22 @@ def test_ngram_overlap_after_normalisation():
         ],
     )
     assert got == {0: ("b", "7")}
+
+
+def test_template_text_shared_by_many_eval_items_is_not_matched():
+    template = "Read the following passage carefully and then answer the question that comes after it please"
+
+    def content(k):  # words no other text has
+        return " ".join(f"{w}{k}" for w in WORDS[:15])
+
+    items = [("heldout", f"h{i}", f"{template} {content(i)}") for i in range(3)]
+    same_template = f"{template} {content(9)}"  # another example of the same template
+    copied = items[1][2]  # a held-out row itself, in the training data
+    assert matches(items, [same_template, copied]) == {1: ("heldout", "h1")}
+    # Two items are not enough to call a phrase template text ...
+    assert matches(items[:2], [same_template]) == {0: ("heldout", "h0")}
+    # ... and without the rule the template alone is overlap.
+    assert 0 in matches(items, [same_template], boilerplate_items=None)
 
 
 def test_short_prompts_matched_whole():
@@ -147,8 +163,10 @@ def test_benchmark_prompt_items_and_ids(tmp_path):
                                    {"name": "mt", "path": "c.jsonl", "field": "turns", "id_field": "id"}]}}})
     bs = r.validate_cfg.decontamination.benchmarks
     assert benchmark_prompts(r, bs[0]).to_pylist() == [
-        {"bench": "alpaca", "item_id": "1", "text": "First prompt"}, {"bench": "alpaca", "item_id": "2", "text": "Second"}]
-    assert [x["item_id"] for x in benchmark_prompts(r, bs[1]).to_pylist()] == ["q1:1", "q1:2", "q2:1"]
+        {"bench": "alpaca", "item_id": "1", "text": "First prompt", "group": "1"},
+        {"bench": "alpaca", "item_id": "2", "text": "Second", "group": "2"}]
+    assert [(x["item_id"], x["group"]) for x in benchmark_prompts(r, bs[1]).to_pylist()] == [
+        ("q1:1", "q1"), ("q1:2", "q1"), ("q2:1", "q2")]
 
 
 @pytest.mark.parametrize("name,content,field", [

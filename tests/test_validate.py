@@ -73,6 +73,8 @@ BAD = {
     "pipes_leftover2": ([U("Is the sky blue on a clear day?"), A("Yes ||| no")], (), "no_template_leftovers"),
     "field_leftover": ([U("Answer the question about {topic} in detail."), A("Fine.")], (), "no_template_leftovers"),
     "target_not_choice": ([U("Is water wet? Options: yes, no"), A("maybe")], ("yes", "no"), "target_in_answer_choices"),
+    "reasoned_not_choice": ([U("Is water wet? Options: yes, no"), A("Water makes things wet.\nThe answer: maybe.")],
+                            ("yes", "no"), "target_in_answer_choices"),
     "banned": ([U("Who are you, tell me about yourself?"), A("As an AI Language Model, I have no name.")], (),
                "no_banned_phrases"),
 }
@@ -83,6 +85,7 @@ FINE = {
     "latex": [U("Simplify \\frac{a}{b} times x^{2} please, step by step."), A("It is \\frac{a x^{2}}{b}.")],
     "fenced_code": [U("Fix this code for me please:\n```js\nconst s = `${name}`; if (x) {{ y }}\n```"), A("Done.")],
     "target_choice": [U("Is fire hot? Options: yes, no"), A(" yes ")],
+    "reasoned_choice": [U("Is fire hot? Options: yes, no"), A("Fire burns at hundreds of degrees.\nSo the answer is: yes.")],
 }
 
 
@@ -97,7 +100,7 @@ def mixed_run(tmp_path_factory):
         ids[name] = r["record_id"]
         rows.append(r)
     for i, (name, msgs) in enumerate(FINE.items()):
-        r = rec(msgs, choices=("yes", "no") if name == "target_choice" else (), i=2000 + i)
+        r = rec(msgs, choices=("yes", "no") if name in ("target_choice", "reasoned_choice") else (), i=2000 + i)
         ids[name] = r["record_id"]
         rows.append(r)
     m = split_manifest(store, rows)
