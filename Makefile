@@ -8,7 +8,7 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 17179869184
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-fast install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,14 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/tuneline demo --out artifacts
 
+# Everything, end-to-end flow, kill/rerun, deployment and multi-stage training tests
+# included (about 6 minutes on 2 idle cores).
 test: $(VENV)/.installed
-	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
-# End-to-end flow, kill/rerun, deployment and multi-stage training tests (minutes each).
-test-all: $(VENV)/.installed
-	$(BIN)/pytest -q -p no:cacheprovider
+# The unit tests only, no Prefect server (about 30 s): for a quick loop while editing.
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
 
 clean:
 	rm -rf artifacts .pytest_cache

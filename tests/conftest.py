@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=f"real data samples not found at {REAL_DATA}")
     for item in items:
-        # Flow, deployment and server tests are end to end (minutes): `make test-all` runs them.
+        # Flow, deployment and server tests are end to end: `make test-fast` leaves them out.
         if "/tests/flows/" in str(item.fspath):
             item.add_marker(pytest.mark.slow)
         if "real_data" in item.keywords and not REAL_DATA.exists():
