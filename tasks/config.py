@@ -229,14 +229,12 @@ class Recipe(Section):
     seed: int = 0
     on_error: Literal["strict", "lenient"] = "lenient"
     max_reject_share: float = Field(0.5, ge=0, le=1)  # ingest/convert: a step fails above this share
-    shard_rows: int = Field(100_000, ge=1)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     stages: list[StageConfig] = Field(default_factory=list)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    dask_address: str | None = None  # run shard tasks on this Dask scheduler
     base_dir: str = "."  # directory the recipe's relative paths are resolved against
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
