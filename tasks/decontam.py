@@ -18,9 +18,9 @@ a prompt of fewer than `short_min_words` words (e.g. "Hi", "Tell me") matches on
 training turn equal to it after normalisation, so tiny prompts do not flood false
 positives.
 
-Everything is hash joins over 64-bit n-gram hashes (Polars `hash(seed=0)`, both sides
-hashed in the same process), one batch of training rows at a time; no Python loop over
-pairs. (A first version built the n-grams with DuckDB list lambdas; slicing a list per
+Everything is hash joins over 64-bit n-gram hashes (word hashes from Polars `hash(seed=0)`
+combined per position, both sides hashed in the same process), one batch of training rows at
+a time; no Python loop over pairs. (A first version built the n-grams with DuckDB list lambdas; slicing a list per
 gram made it 4x slower than Polars shifts.)
 """
 from __future__ import annotations
@@ -189,27 +189,44 @@ def _words(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _grams(frame: pl.DataFrame, n: int, keys: list[str]) -> pl.DataFrame:
-    """`keys` + `h`: the 64-bit hash of every run of n consecutive words of each text.
+def _position_multipliers(n: int) -> list[int]:
+    """n odd 64-bit constants (splitmix64 of the position): word j of a gram is multiplied by the j-th."""
+    out, x = [], 0x9E3779B97F4A7C15
+    for _ in range(n):
+        x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = x
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        out.append((z ^ (z >> 31)) | 1)
+    return out
 
-    Words of one text are contiguous after explode, so a window lies inside one text
-    iff the word n-1 places on belongs to the same text: no per-text window needed.
+
+def _grams(frame: pl.DataFrame, n: int, keys: list[str]) -> pl.DataFrame:
+    """`keys` + `h`: a 64-bit hash of every run of n consecutive words of each text.
+
+    Each word is hashed once; a gram's hash is the wrapping sum of its words' hashes times
+    per-position odd constants, so no gram string is ever built (3x faster than hashing
+    concatenated strings). Words of one text are contiguous after explode, so a window
+    lies inside one text iff the word n-1 places on belongs to the same text.
     """
     w = (
         frame.with_row_index("_text").select("_text", *keys, pl.col("norm").str.split(" ").alias("w"))
-        .explode("w")
+        .explode("w").with_columns(pl.col("w").hash(seed=0).alias("wh"))
     )
+    terms = [pl.col("wh").shift(-j) * pl.lit(c, dtype=pl.UInt64) for j, c in enumerate(_position_multipliers(n))]
+    gram = terms[0]
+    for t in terms[1:]:
+        gram = gram + t
     return (
-        w.with_columns(pl.concat_str([pl.col("w").shift(-j) for j in range(n)], separator=" ").alias("g"))
+        w.with_columns(gram.alias("h"))
         .filter(pl.col("_text").shift(-(n - 1)) == pl.col("_text"))
-        .select(*keys, pl.col("g").hash(seed=0).alias("h"))
+        .select(*keys, "h")
     )
 
 
-def _hash_words(norm: pl.Expr, k: int | None = None) -> pl.Expr:
-    """Hash of a normalised text, or of its first k words."""
-    text = norm if k is None else norm.str.split(" ").list.head(k).list.join(" ")
-    return text.hash(seed=0)
+def _hash_words(norm: pl.Expr) -> pl.Expr:
+    """Hash of a whole normalised text (tiny prompts are matched by equality)."""
+    return norm.hash(seed=0)
 
 
 class Decontaminator:
@@ -234,9 +251,10 @@ class Decontaminator:
         self.eval_grams = grams.select("bench", "item_id", "h").unique()
         # Short prompts: keyed by the hash of their first `short` words (a training turn's
         # `short`-gram), then verified as a whole-word substring; keeps the gram table 2x, not 10x.
-        self.eval_short = p.filter((pl.col("n_words") >= short) & (pl.col("n_words") < n)).select(
-            _hash_words(pl.col("norm"), short).alias("h"), (" " + pl.col("norm") + " ").alias("padded"),
-            "bench", "item_id",
+        short_p = p.filter((pl.col("n_words") >= short) & (pl.col("n_words") < n)).with_row_index("_p")
+        first_words = short_p.select("_p", pl.col("norm").str.split(" ").list.head(short).list.join(" "))
+        self.eval_short = short_p.join(_grams(first_words, short, ["_p"]), on="_p").select(
+            "h", (" " + pl.col("norm") + " ").alias("padded"), "bench", "item_id",
         )
         # Tiny prompts: equality of the whole normalised text.
         self.eval_exact = p.filter(pl.col("n_words") < short).select(
@@ -254,7 +272,8 @@ class Decontaminator:
         t = _words(pl.from_arrow(turns))
         found = [_grams(t.filter(pl.col("n_words") >= n), n, ["row_idx"]).join(self.eval_grams, on="h")]
         if self.eval_short.height:
-            cand = _grams(t.filter(pl.col("n_words") >= short), short, ["row_idx"]).unique().join(self.eval_short, on="h")
+            cand = (_grams(t.filter(pl.col("n_words") >= short), short, ["row_idx"]).join(self.eval_short, on="h")
+                    .unique(["row_idx", "bench", "item_id"]))  # after the join: far fewer rows to dedupe
             cand = cand.join(t.group_by("row_idx").agg((" " + pl.col("norm") + " ").alias("turns")), on="row_idx")
             # a row may have several user turns: any of them containing the prompt counts
             found.append(cand.explode("turns").filter(pl.col("turns").str.contains(pl.col("padded"), literal=True)))

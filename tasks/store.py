@@ -164,6 +164,17 @@ class _TableWriter:
         )
         self._writer = None
 
+    def discard(self) -> None:
+        """Drop the open part unfinished and release its file now (not when the writer is collected:
+        until then a deleted part would keep holding its disk space, on a full disk too)."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        writer.is_open = False  # no footer for a part that is thrown away, now or from __del__
+        if writer.file_handle is not None:
+            with contextlib.suppress(Exception):
+                writer.file_handle.close()
+
     def close(self) -> list[dict]:
         if self._writer is None and not self.parts:
             self._open()  # an empty table still gets one part, so its view has a schema
@@ -227,6 +238,8 @@ class StepWriter:
         return self.store.load(self.step, self.key, verify=False)
 
     def abort(self) -> None:
+        for w in self._tables.values():
+            w.discard()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

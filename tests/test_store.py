@@ -1,7 +1,10 @@
 """The artifact store: content keys, atomic publish, verification, staging clean-up."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -165,3 +168,172 @@ def test_publish_updates_latest_runs_and_catalog(store):
     con = duckdb.connect(str(store.root / "catalog.duckdb"), read_only=True)
     assert con.execute("select count(*) from things").fetchone() == (4,)
     assert con.execute("select run_id, step from runs").fetchall() == [("run-1", "s")]
+
+
+# -- a full disk during a step ----------------------------------------------------------------
+_RealParquetWriter = pq.ParquetWriter
+
+
+class _Disk:
+    """A filesystem with `free` bytes left (None: no limit). A write past it stores what still fits
+    and fails with ENOSPC, as a full disk does. `files` lists [name, bytes written] in write order."""
+
+    def __init__(self):
+        self.free = None
+        self.files = []
+
+    def open(self, path, mode="r", *args, **kw):
+        fh = open(path, mode, *args, **kw)
+        return _DiskFile(self, fh, Path(path).name) if any(c in mode for c in "wa+") else fh
+
+
+class _DiskFile:
+    def __init__(self, disk, fh, name):
+        self._disk, self._fh = disk, fh
+        self._entry = [name, 0]
+        disk.files.append(self._entry)
+
+    def write(self, data):
+        data = bytes(data)
+        free = self._disk.free
+        n = len(data) if free is None else min(len(data), free)
+        self._fh.write(data[:n])
+        self._entry[1] += n
+        if free is not None:
+            self._disk.free -= n
+        if n < len(data):
+            self._fh.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._fh.name)
+        return len(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+@pytest.fixture
+def disk(monkeypatch):
+    """Every file the store writes (Parquet parts, attached files, manifests) goes through one `_Disk`."""
+    d = _Disk()
+
+    class DiskParquetWriter(_RealParquetWriter):
+        def __init__(self, where, schema, **kw):
+            fh = d.open(where, "wb")
+            super().__init__(fh, schema, **kw)
+            self.file_handle = fh  # owned and closed by the writer, as when pyarrow opens a path itself
+
+    monkeypatch.setattr(store_mod, "open", d.open, raising=False)
+    monkeypatch.setattr(store_mod.pq, "ParquetWriter", DiskParquetWriter)
+    return d
+
+
+def _three_parts(w):
+    t = w.table("things", SCHEMA, part_rows=1000)
+    for start in range(0, 3000, 500):  # two writes (two row groups) per part
+        t.write([{"x": (i * 2654435761) % 2**61} for i in range(start, start + 500)])
+    w.attach_file("report.md", b"# report\n" * 50)
+    w.stats.update(rows_in=3000, rows_out=3000, rows_rejected=0)
+
+
+def _open_files_under(root: Path) -> dict[str, int]:
+    """Files under `root` this process holds open (deleted ones too), with their sizes."""
+    held = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(root)):
+                held[target] = os.stat(f"/proc/self/fd/{fd}").st_size
+        except OSError:
+            continue
+    return held
+
+
+def _assert_nothing_half_written(root: Path) -> None:
+    for mpath in root.rglob(store_mod.MANIFEST):
+        manifest = json.loads(mpath.read_text())
+        for parts in manifest["tables"].values():
+            for part in parts:
+                p = mpath.parent / part["file"]
+                assert p.stat().st_size == part["bytes"] and store_mod.file_sha256(p) == part["sha256"], p
+                with pq.ParquetFile(p) as pf:  # the footer reads
+                    assert pf.metadata.num_rows == part["rows"], p
+        assert all((mpath.parent / f).exists() for f in manifest.get("files", [])), mpath
+    for p in root.rglob("*"):
+        if any(x.startswith(".staging-") for x in p.relative_to(root).parts):
+            continue
+        assert ".tmp" not in p.name, p
+        if p.suffix == ".parquet":
+            with pq.ParquetFile(p) as pf:
+                assert pf.metadata is not None
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+
+
+@pytest.mark.parametrize("meanwhile", [False, True], ids=["fresh", "same-key-published-meanwhile"])
+def test_full_disk_during_a_step_publishes_nothing_half_written(tmp_path, disk, meanwhile):
+    # where the bytes go: three Parquet parts, the attached report, the manifest
+    dry = ArtifactStore(tmp_path / "dry")
+    expected = run_step(dry, "s", 1, ["i"], {}, "l", _three_parts)
+    written = [(n, b) for n, b in disk.files if b]
+    assert [n for n, _ in written][:3] == [".things-00000.parquet.tmp", ".things-00001.parquet.tmp",
+                                           ".things-00002.parquet.tmp"]
+    assert written[-1][0].startswith(".manifest.json.tmp")
+    # the disk fills: before anything, half-way through each file, just short of each file's end (for
+    # a Parquet part: inside its footer; the manifest's length varies by a few characters: its timing)
+    budgets, used = [0], 0
+    for name, size in written:
+        budgets += [used + size // 2, used + size - (1 if name.endswith(".parquet.tmp") else 16)]
+        used += size
+
+    for i, budget in enumerate(budgets):
+        store = ArtifactStore(tmp_path / f"a{i}")
+        disk.free = budget
+
+        def body(w):
+            if meanwhile:  # an identical concurrent run publishes the same key while this one writes
+                free, disk.free = disk.free, None
+                run_step(store, "s", 1, ["i"], {}, "other run", _three_parts)
+                disk.free = free
+            _three_parts(w)
+
+        with pytest.raises(OSError) as e:
+            run_step(store, "s", 1, ["i"], {}, "l", body)
+        assert e.value.errno == errno.ENOSPC, (budget, e.value)
+        disk.free = None
+        final = store.root / "s" / expected["key"]
+        if meanwhile:
+            kept = store.load("s", expected["key"], verify=True)
+            assert kept is not None and kept["tables"] == expected["tables"], budget
+            assert store.read(kept, "things").num_rows == 3000
+        else:
+            assert not final.exists(), budget
+        assert [p.name for p in (store.root / "s").iterdir()] == ([final.name] if meanwhile else []), budget
+        _assert_nothing_half_written(store.root)
+        # the failed step's deleted part files do not keep holding the (full) disk's space (pyarrow
+        # itself keeps its empty stream open when the 4-byte magic of a new part does not fit)
+        deleted = {f: n for f, n in _open_files_under(store.root).items() if f.endswith(" (deleted)")}
+        assert {f: n for f, n in deleted.items() if n} == {}, budget
+        # and once there is space again, the step publishes (or reuses) the right thing
+        again = run_step(store, "s", 1, ["i"], {}, "l", _three_parts)
+        assert again["skipped"] == meanwhile and again["tables"] == expected["tables"]
+
+
+def test_failed_step_releases_its_unfinished_part(store):
+    """With pyarrow's own file writer (no injected disk): the part a failed step was writing is not
+    held open after the step fails, so its space goes back at once."""
+
+    def body(w):
+        w.write("things", SCHEMA, [{"x": 1}])  # a part is open (fewer rows than part_rows)
+        assert _open_files_under(store.root)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as e:
+        run_step(store, "s", 1, [], {}, "l", body)
+    assert e.value.errno == errno.ENOSPC
+    assert not any((store.root / "s").iterdir())
+    assert _open_files_under(store.root) == {}
