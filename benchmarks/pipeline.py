@@ -100,8 +100,9 @@ def _write_format(path: Path, fmt: str, rows: int, seed: int) -> None:
             line = json.dumps(_row(fmt, gen, rng, i), ensure_ascii=False) + "\n"
             if previous and r < 0.05:  # near duplicate: an earlier row with a few words changed
                 line = json.dumps(_near(json.loads(rng.choice(previous)), rng), ensure_ascii=False) + "\n"
-            elif r > 0.9995:  # a broken row
-                line = line[: len(line) // 2] + "\n"
+            elif r > 0.9995:  # a broken row (never a model for later duplicates)
+                fh.write(line[: len(line) // 2] + "\n")
+                continue
             fh.write(line)
             if len(previous) < 2000:
                 previous.append(line)

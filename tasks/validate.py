@@ -70,6 +70,7 @@ import pyarrow.parquet as pq
 from tasks import decontam
 from tasks.config import Recipe, ValidateConfig
 from tasks.errors import GateFailed, RecipeError
+from tasks.langid import languages
 from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
@@ -347,24 +348,10 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, tokenizer=None) -> pl.Da
             | choices.list.eval(pl.element().str.strip_chars()).list.contains(
                 pl.col("_target").str.extract(FINAL_ANSWER, 1).str.strip_chars()).fill_null(False)
         ).alias("target_in_choices"),
-        pl.Series("lang", _languages(out["_user"].to_list(), cfg.lang_min_chars, cfg.lang_max_chars), dtype=pl.String)
+        pl.Series("lang", languages(out["_user"].to_list(), cfg.lang_min_chars, cfg.lang_max_chars), dtype=pl.String)
         if cfg.lang_max_chars else df["lang"],
     )
     return out.select(list(ROW_COLUMNS) + ["_user"])
-
-
-def _languages(texts: list[str | None], min_chars: int, max_chars: int) -> list[str]:
-    """py3langid on the first max_chars of each text (the library is per text, pure Python per byte)."""
-    import py3langid
-
-    seen: dict[str, str] = {}
-    out = []
-    for t in texts:
-        t = (t or "").strip()[:max_chars]
-        if t not in seen:
-            seen[t] = "und" if len(t) < max(min_chars, 1) else py3langid.classify(t)[0]
-        out.append(seen[t])
-    return out
 
 
 # -- Polars twins of the supported column-map expectations --------------------------------

@@ -85,7 +85,10 @@ def train_bpe(texts, vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer)
+    from tasks.train_sft.chat import tokenizer_threads
+
+    with tokenizer_threads():
+        tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, bos_token=None)
     fast.chat_template = CHATML_TEMPLATE
     return fast
