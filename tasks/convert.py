@@ -22,7 +22,7 @@ from tasks.schema import RECORDS, REJECTS
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
 
-VERSION = 1
+VERSION = 2  # 2: `choice`/`random` filters draw per row on constant lists too
 BATCH_ROWS = max(4096, POOL_ROWS)
 
 

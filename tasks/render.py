@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, pass_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from tasks.errors import RecipeError
@@ -65,7 +65,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 _ROW_RNG: contextvars.ContextVar[random.Random] = contextvars.ContextVar("tuneline_row_rng")
 
 
-def _choice(seq):
+@pass_context  # never constant-folded at compile time: `['a', 'b'] | choice` must draw per row
+def _choice(_context, seq):
     # promptsource's `choice` filter is unseeded; ours draws from the rendering row's seeded RNG
     rng = _ROW_RNG.get(None) or random.Random(0)
     return rng.choice(list(seq))
@@ -75,6 +76,10 @@ def make_env(max_chars: int = MAX_RENDER_CHARS) -> BoundedSandbox:
     """A sandbox with promptsource's extra filters (`choice` is seeded per row, see render_promptsource)."""
     env = BoundedSandbox(max_chars=max_chars)
     env.filters["choice"] = _choice
+    # Jinja's own `random` filter and `lipsum` global are unseeded: a template using them
+    # would render differently on every run (and break content-keyed caching).
+    env.filters["random"] = _choice
+    env.globals.pop("lipsum", None)
     env.filters["most_frequent"] = lambda seq: max(set(seq), key=list(seq).count) if seq else ""
     return env
 
@@ -185,7 +190,7 @@ def render_promptsource(t: PSTemplate, row: dict, where: str, rng: random.Random
         text = render_bounded(compiled(t.jinja, max_chars), variables, max_chars, t.name)
     except RenderError as exc:
         raise RenderError(exc.reason, f"{where}: {exc}") from None
-    except SecurityError as exc:
+    except (SecurityError, OverflowError) as exc:  # OverflowError: the sandbox's range bound, or a huge number
         raise RenderError("template_unsafe", f"{where}: template {t.name!r}: refused by the sandbox: {exc}") from None
     except (TemplateError, TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
         raise RenderError("template_error", f"{where}: template {t.name!r}: {type(exc).__name__}: {exc}") from None

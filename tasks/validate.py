@@ -75,7 +75,7 @@ from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
 
-STEP, VERSION = "validate", 1
+STEP, VERSION = "validate", 2  # 2: template n-grams, reasoned targets
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONTAMINATED = "contaminated"
 SAMPLE_IDS = 5

@@ -1,5 +1,6 @@
 """The convert step: counts, several records per row, strict mode, determinism and caching."""
 import json
+import os
 
 import pytest
 
@@ -87,3 +88,77 @@ def test_template_file_change_changes_convert_key(tmp_path, store):
     b = convert_shard(str(store.root), rd, ing)
     assert not b["skipped"] and a["key"] != b["key"]
     assert "pleasant" in store.read(b, "records").column("messages").to_pylist()[0][0]["content"]
+
+
+def _three_sources(tmp_path):
+    """Two promptsource sources with their own templates files, and a dolly source."""
+    (tmp_path / "t.yaml").write_text(YAML)
+    (tmp_path / "t2.yaml").write_text(YAML.replace("dataset: toy", "dataset: toy2"))
+    rows = [{"word": f"w{i}", "label": i % 2} for i in range(10)]
+    files = {"ps": tmp_path / "rows.jsonl", "ps2": tmp_path / "rows2.jsonl", "d": tmp_path / "dolly.jsonl"}
+    for name in ("ps", "ps2"):
+        files[name].write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    files["d"].write_text(json.dumps({"instruction": "Q", "context": "", "response": "A", "category": "c"}) + "\n")
+    rd = parse_recipe({"sources": [
+        {"name": "ps", "format": "promptsource", "path": str(files["ps"]), "templates": "t.yaml"},
+        {"name": "ps2", "format": "promptsource", "path": str(files["ps2"]), "templates": "t2.yaml"},
+        {"name": "d", "format": "dolly", "path": str(files["d"])},
+    ]}, tmp_path).model_dump(by_alias=True)
+    return rd, files
+
+
+def _ingest_and_convert(store, rd, files) -> dict:
+    out = {}
+    for name, f in files.items():
+        ing = ingest_file(str(store.root), rd, name, str(f))
+        out[name] = (ing, convert_shard(str(store.root), rd, ing))
+    return out
+
+
+def test_template_text_change_recomputes_only_that_sources_convert(tmp_path, store):
+    rd, files = _three_sources(tmp_path)
+    first = _ingest_and_convert(store, rd, files)
+    t = tmp_path / "t.yaml"
+    st = t.stat()
+    t.write_text(YAML.replace("Is {{ word }} nice?", "Is {{ word }} pleasant?"))
+    # the same mtime, as same-second timestamps (tar, `cp -p`) or an edit within the clock tick leave it
+    os.utime(t, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = _ingest_and_convert(store, rd, files)
+    for name in files:  # reading does not depend on templates: no ingest re-runs
+        assert second[name][0]["skipped"] and second[name][0]["key"] == first[name][0]["key"], name
+    for name in ("ps2", "d"):
+        assert second[name][1]["skipped"] and second[name][1]["key"] == first[name][1]["key"], name
+    ps = second["ps"][1]
+    assert not ps["skipped"] and ps["key"] != first["ps"][1]["key"]
+    prompts = [m[0]["content"] for m in store.read(ps, "records").column("messages").to_pylist()]
+    assert any("pleasant" in x for x in prompts) and not any("nice" in x for x in prompts)
+    assert _ingest_and_convert(store, rd, files)["ps"][1]["skipped"]
+
+
+def test_version_bumps_change_the_keys_of_that_step(tmp_path, store, monkeypatch):
+    from tasks import convert as convert_mod
+    from tasks.ingest import READERS
+    from tasks.ingest import run as ingest_mod
+
+    rd, files = _three_sources(tmp_path)
+    first = _ingest_and_convert(store, rd, files)
+
+    monkeypatch.setattr(convert_mod, "VERSION", convert_mod.VERSION + 1)
+    second = _ingest_and_convert(store, rd, files)
+    for name in files:
+        assert second[name][0]["skipped"] and second[name][0]["key"] == first[name][0]["key"], name
+        assert not second[name][1]["skipped"] and second[name][1]["key"] != first[name][1]["key"], name
+
+    monkeypatch.setattr(ingest_mod, "VERSION", ingest_mod.VERSION + 1)
+    third = _ingest_and_convert(store, rd, files)
+    for name in files:  # a new ingest key is a new convert input
+        assert not third[name][0]["skipped"] and third[name][0]["key"] != second[name][0]["key"], name
+        assert not third[name][1]["skipped"] and third[name][1]["key"] != second[name][1]["key"], name
+
+    monkeypatch.setattr(READERS["dolly"], "version", READERS["dolly"].version + 1)
+    fourth = _ingest_and_convert(store, rd, files)
+    for name in ("ps", "ps2"):
+        assert fourth[name][0]["skipped"] and fourth[name][1]["skipped"], name
+        assert (fourth[name][0]["key"], fourth[name][1]["key"]) == (third[name][0]["key"], third[name][1]["key"])
+    assert not fourth["d"][0]["skipped"] and fourth["d"][0]["key"] != third["d"][0]["key"]
+    assert not fourth["d"][1]["skipped"] and fourth["d"][1]["key"] != third["d"][1]["key"]

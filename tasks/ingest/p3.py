@@ -23,7 +23,6 @@ Options: `id_field`, `layout`, `max_render_chars`.
 from __future__ import annotations
 
 import functools
-import os
 import random
 from pathlib import Path
 from typing import Iterator
@@ -96,13 +95,15 @@ class P3Reader(Reader):
 
 
 @functools.lru_cache(maxsize=32)
-def _collection(path: str, mtime_ns: int):
+def _collection(path: str, sha256: str):
     return load_promptsource(path)
 
 
 def collection(recipe, source):
+    # Cached by content hash, like the convert key (config_inputs): an edit that keeps the file's mtime
+    # (same-second timestamps from tar or `cp -p`, an edit within the clock tick) must not render old text.
     path = recipe.resolve(source.templates)
-    return _collection(path, os.stat(path).st_mtime_ns)
+    return _collection(path, file_sha256(path))
 
 
 @register

@@ -76,6 +76,16 @@ def test_p3_records(tmp_path):
     assert [out[2]["reason"], out[3]["reason"]] == ["wrong_type", "wrong_type"]
 
 
+def test_random_filter_is_seeded_per_row_and_lipsum_is_gone():
+    t = PSTemplate(id="t", name="pick", jinja="{{ ['a', 'b', 'c', 'd', 'e', 'f'] | random }} ||| x", answer_choices=None)
+    picks = [render_promptsource(t, {}, "rows.jsonl:1", random.Random(seed))[0] for seed in range(12)]
+    assert picks == [render_promptsource(t, {}, "rows.jsonl:1", random.Random(seed))[0] for seed in range(12)]
+    assert len(set(picks)) > 1  # still random across rows
+    lorem = PSTemplate(id="l", name="lorem", jinja="{{ lipsum() }} ||| x", answer_choices=None)
+    with pytest.raises(RenderError):
+        render_promptsource(lorem, {}, "rows.jsonl:2", random.Random(0))
+
+
 def test_promptsource_render_and_seeded_pick(tmp_path):
     rows = [{"word": f"w{i}", "label": i % 2, "idx": i} for i in range(30)]
     rc, s, p = _setup(tmp_path, rows, templates_per_row=2, options={"id_field": "idx"})
@@ -129,3 +139,93 @@ def test_p3_with_templates_is_promptsource(tmp_path):
     rc, s, p = _setup(tmp_path, [{"word": "a", "label": 1}], template_names=["nice"])
     rc2 = parse_recipe({"sources": [{**s.model_dump(), "format": "p3"}]}, tmp_path)
     assert _convert(rc, s, p) == _convert(rc2, rc2.sources[0], p)
+
+
+# -- template attacks: reaching Python internals, or running without bound ---------------------
+ATTACKS = [
+    # Jinja's own globals lead to module globals (os, builtins) through __init__/__globals__
+    "{{ cycler.__init__.__globals__.os }} ||| x",
+    "{{ joiner.__init__.__globals__['os'] }} ||| x",
+    "{{ namespace.__init__.__globals__.__builtins__ }} ||| x",
+    "{{ lipsum.__globals__ }} ||| x",
+    "{{ self.__init__.__globals__ }} ||| x",
+    "{{ self._TemplateReference__context }} ||| x",
+    "{% set ns = namespace() %}{{ ns._Namespace__attrs }} ||| x",
+    # the `attr` filter, with the `__` spelled so that the load-time check cannot see it
+    "{{ word|attr('__class__') }} ||| x",
+    "{{ cycler|attr('_' ~ '_init_' ~ '_') }} ||| x",
+    "{{ (cycler|attr('_' ~ '_init_' ~ '_')|attr('_' ~ '_globals_' ~ '_'))['os'] }} ||| x",
+    "{{ self|attr('_TemplateReference__context') }} ||| x",
+    "{{ [cycler]|map(attribute='__init__.__globals__')|list }} ||| x",
+    # format strings reach attributes on their own: str.format, format_map, a `format` got via attr
+    "{{ '{0.__class__}'.format(word) }} ||| x",
+    "{{ '{0.__init__.__globals__[os]}'.format(cycler) }} ||| x",
+    "{{ ('{0._' ~ '_class_' ~ '_}').format(word) }} ||| x",
+    "{{ '{x.__class__.__mro__}'.format_map({'x': word}) }} ||| x",
+    "{{ ('{0.__class__}'|attr('format'))(word) }} ||| x",
+    "{{ '%s' % word.__class__ }} ||| x",
+    "{{ '%s' % (word|attr('_' ~ '_class_' ~ '_')) }} ||| x",
+    # unbounded work
+    "{% for i in range(10**9) %}a{% endfor %} ||| x",
+    "{{ range(10**9)|list|length }} ||| x",
+    "{{ (10.0**64)**64 }} ||| x",
+    "{% for i in range(99999) %}{{ word }}{% endfor %} ||| x",
+]
+
+
+@pytest.mark.parametrize("jinja", ATTACKS)
+@pytest.mark.parametrize("field", ["jinja", "answer_choices"])
+def test_template_attacks_are_refused(jinja, field):
+    if field == "jinja":
+        t = PSTemplate(id="t", name="evil", jinja=jinja, answer_choices=None)
+    else:
+        t = PSTemplate(id="t", name="evil", jinja="{{ word }} ||| {{ answer_choices[0] }}",
+                       answer_choices=jinja.replace(" ||| x", " ||| y"))
+    with pytest.raises(RenderError) as e:
+        render_promptsource(t, {"word": "w"}, "rows.jsonl:7", random.Random(0), max_chars=50_000)
+    assert e.value.reason in ("template_unsafe", "template_error", "render_too_long"), e.value
+    assert "rows.jsonl:7" in str(e.value) and "template 'evil'" in str(e.value)
+
+
+CANARY_ATTACKS = [
+    "{{ cycler.__init__.__globals__.os.system('touch ' ~ canary) }}",
+    "{{ joiner.__init__.__globals__['os'].popen('touch ' ~ canary).read() }}",
+    "{{ namespace.__init__.__globals__.__builtins__.open(canary, 'w').write('x') }}",
+    "{{ lipsum.__globals__['os'].system('touch ' ~ canary) }}",
+    "{{ self.__init__.__globals__.__builtins__.open(canary, 'w') }}",
+    "{{ self._TemplateReference__context.cycler.__init__.__globals__.os.system('touch ' ~ canary) }}",
+    "{{ (cycler|attr('_' ~ '_init_' ~ '_')|attr('_' ~ '_globals_' ~ '_'))['os'].system('touch ' ~ canary) }}",
+    "{{ (joiner|attr('_' ~ '_init_' ~ '_')|attr('_' ~ '_globals_' ~ '_'))['_' ~ '_builtins_' ~ '_']"
+    ".open(canary, 'w') }}",
+    "{{ open(canary, 'w') }}",
+]
+
+
+@pytest.mark.parametrize("jinja", CANARY_ATTACKS)
+def test_template_never_creates_the_canary(tmp_path, monkeypatch, jinja):
+    monkeypatch.chdir(tmp_path)
+    canary = tmp_path / "CANARY"
+    t = PSTemplate(id="t", name="evil", jinja=jinja + " ||| x", answer_choices=None)
+    with pytest.raises(RenderError) as e:
+        render_promptsource(t, {"word": "w", "canary": str(canary)}, "rows.jsonl:3", random.Random(0))
+    assert "rows.jsonl:3" in str(e.value) and "template 'evil'" in str(e.value)
+    assert not canary.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_templates_file_attack_without_dunders_is_a_reject_and_creates_nothing(tmp_path):
+    """Through the reader, from a templates.yaml: `__` spelled in pieces passes the load-time check,
+    and the sandbox still refuses it for every row, as a reject naming the template and the row."""
+    canary = tmp_path / "CANARY"
+    evil = ("{{ (cycler|attr('_' ~ '_init_' ~ '_')|attr('_' ~ '_globals_' ~ '_'))['os']"
+            ".system('touch ' ~ canary) }} ||| x")
+    yaml_text = YAML.replace('"Is {{ word }} nice? ||| {{ answer_choices[label] }}"', json.dumps(evil))
+    rc, s, p = _setup(tmp_path, [{"word": "a", "label": 1, "canary": str(canary)},
+                                 {"word": "b", "label": 0, "canary": str(canary)}],
+                      yaml_text=yaml_text, template_names=["nice"])
+    out = _convert(rc, s, p)
+    # (attr() of an unsafe name yields an undefined that refuses any further use: a template_error)
+    assert [r["origin_row"] for r in out] == [1, 2] and "messages" not in out[0] and "messages" not in out[1]
+    assert {r["reason"] for r in out} <= {"template_unsafe", "template_error"}
+    assert all("'nice'" in r["detail"] and f"{p}:{r['origin_row']}" in r["detail"] for r in out)
+    assert not canary.exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,74 @@ def test_two_stages_chain_and_publish(prepared, tmp_path, monkeypatch, method, b
     assert not torch.equal(q0, q1) and not torch.equal(q1, q2)
     # re-running a published stage is a cache hit
     assert launch.train_stage(root, rec, mm, tm, "one", None)["skipped"]
+
+
+def test_kill_between_stages_does_not_retrain_a_finished_stage(prepared, tmp_path, monkeypatch, capsys):
+    """Stage one published; the run killed in stage two after its training finished, before its
+    manifest. The rerun neither runs stage one's body nor trains stage two again."""
+    from tasks import store as store_mod
+    from tasks.store import file_sha256
+
+    root, _rec, vm, tm = prepared
+    monkeypatch.setenv(launch.INPROCESS_ENV, "1")
+    rows = make_records(40)
+    rec = recipe_dict(tmp_path, method="full", max_steps=2, batch_size=2, checkpoint_every=100)
+    mm = make_mix(ArtifactStore(root), vm, {"one": rows[:20], "two": rows})
+    store = ArtifactStore(root)
+    m1 = launch.train_stage(root, rec, mm, tm, "one", None)
+    part1 = store.paths(m1, "train_log")[0]
+    published1 = (part1.stat().st_mtime_ns, file_sha256(part1))
+
+    def kill(point):
+        if point == "train:before_manifest":
+            raise KeyboardInterrupt  # like a kill: nothing after this point runs
+
+    monkeypatch.setattr(store_mod, "FAULT_HOOK", kill)
+    with pytest.raises(KeyboardInterrupt):
+        launch.train_stage(root, rec, mm, tm, "two", m1)
+    monkeypatch.setattr(store_mod, "FAULT_HOOK", None)
+    (work2,) = (Path(root) / "train").glob(".work-*")  # stage two's; stage one's went with its publish
+    trained2 = _log(work2 / "final")
+    weights2 = weights_sha256(work2 / "final")
+
+    capsys.readouterr()
+    again1 = launch.train_stage(root, rec, mm, tm, "one", None)
+    assert again1["skipped"] and again1["key"] == m1["key"] and again1["tables"] == m1["tables"]
+    assert not (Path(root) / "train" / f".work-{m1['key']}").exists()  # the body never started
+    assert (part1.stat().st_mtime_ns, file_sha256(part1)) == published1  # train_log not rewritten
+    m2 = launch.train_stage(root, rec, mm, tm, "two", again1)
+    assert "stage two: already complete" in capsys.readouterr().out
+    assert not m2["skipped"] and m2["stats"]["init"] == {"step": "train", "key": m1["key"]}
+    # what is published is what the killed run trained (tokens_per_s included: no second training)
+    assert store.read(m2, "train_log").to_pylist() == trained2
+    assert m2["stats"]["weights_sha256"] == weights2 == weights_sha256(Path(root) / m2["dir"])
+    assert not work2.exists()
+
+
+def test_resume_ignores_a_checkpoint_without_its_marker(prepared, tmp_path, capsys):
+    """The newest checkpoint directory lacks its COMPLETE marker (and its weights are half written):
+    resume takes the newest marked one and the run ends as an uninterrupted one does."""
+    root, _rec, vm, tm = prepared
+    rows = make_records(40)
+    rec = recipe_dict(tmp_path, method="full", max_steps=4, batch_size=2, checkpoint_every=1)
+    mm = make_mix(ArtifactStore(root), vm, {"one": rows, "two": rows})
+    work = tmp_path / "work"
+    cfg = _stage_cfg(root, rec, mm, tm, "one", work)
+    out = recipe.run(cfg)
+    expected = _log(out)
+    assert [p.name for p in recipe.complete_checkpoints(work)] == ["step-000002", "step-000003"]
+
+    shutil.rmtree(out)  # as if killed before the stage's output was saved
+    newest = work / "checkpoints" / "step-000003"
+    (newest / recipe.COMPLETE).unlink()
+    weights = newest / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert [p.name for p in recipe.complete_checkpoints(work)] == ["step-000002"]
+    capsys.readouterr()
+    out = recipe.run(cfg)
+    assert "resumed from step-000002: step 2" in capsys.readouterr().out
+    got = _log(out)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    assert [r["example_ids"] for r in got] == [r["example_ids"] for r in expected]
+    for a, b in zip(got, expected):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
