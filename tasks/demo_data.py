@@ -18,6 +18,16 @@ The text is regular on purpose so that a tiny model learns it in a few hundred s
 choices). Planted on purpose: exact duplicates, near duplicates, broken rows (bad JSON,
 invalid UTF-8, missing / null fields, wrong types, a short TSV line) and rows in German,
 French, Spanish and Chinese. Everything is a function of `seed`.
+
+Regular, but not repetitive by accident: the validate step decontaminates training rows
+against the held-out split (a shared 13-word run, or a whole held-out prompt of fewer
+than 13 words inside a training user turn). So every prompt carries row-specific details
+(wide number ranges, names, colours, dates, prices, flight numbers) near its start and
+its end, where templates add fixed text; short prompts (capitals, chat follow-ups) are
+worded differently per source; and FLAN CoT questions, which few-shot prompts quote as
+exemplars, stay under 13 words. What still overlaps is real: planted near duplicates that
+dedup does not merge, few-shot exemplars shared by a training and a held-out prompt, and
+news headlines whose two template renderings the split puts on different sides.
 """
 from __future__ import annotations
 
@@ -48,11 +58,17 @@ ZH = {"France": ("法国", "巴黎"), "Germany": ("德国", "柏林"), "Italy": 
       "Spain": ("西班牙", "马德里"), "Japan": ("日本", "东京"), "China": ("中国", "北京"),
       "Egypt": ("埃及", "开罗"), "Canada": ("加拿大", "渥太华"), "Greece": ("希腊", "雅典"),
       "Kenya": ("肯尼亚", "内罗毕"), "Peru": ("秘鲁", "利马"), "Cuba": ("古巴", "哈瓦那")}
-PRODUCTS = ["blender", "backpack", "lamp", "phone case", "kettle", "chair", "jacket", "keyboard", "tent", "mug"]
-GOOD = ["excellent", "wonderful", "sturdy", "great", "reliable", "lovely"]
-BAD = ["terrible", "flimsy", "awful", "disappointing", "broken", "useless"]
-NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jules"]
-ITEMS = ["apples", "books", "coins", "pencils", "stamps", "marbles"]
+PRODUCTS = ["blender", "backpack", "lamp", "phone case", "kettle", "chair", "jacket", "keyboard", "tent", "mug",
+            "toaster", "umbrella", "desk", "scarf", "heater", "camera", "bicycle", "pillow", "helmet", "radio"]
+GOOD = ["excellent", "wonderful", "sturdy", "great", "reliable", "lovely", "solid", "superb"]
+BAD = ["terrible", "flimsy", "awful", "disappointing", "broken", "useless", "noisy", "faulty"]
+COLORS = ["red", "blue", "green", "black", "white", "grey", "yellow", "orange", "purple", "brown"]
+NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jules",
+         "Kofi", "Lena", "Mateo", "Nina", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq"]
+ITEMS = ["apples", "books", "coins", "pencils", "stamps", "marbles", "shells", "cards", "buttons", "stickers",
+         "oranges", "candles"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
 TOPICS = ["World", "Sports", "Business", "Science"]
 
 
@@ -68,12 +84,32 @@ def _write_lines(path: Path, lines: list, newline: bytes = b"\n", bom: bool = Fa
     return path
 
 
+def _date(rng: random.Random) -> str:
+    return f"{rng.choice(MONTHS)} {rng.randint(1, 28)}"
+
+
+def _time(rng: random.Random) -> str:
+    return f"{rng.randrange(24):02d}:{rng.randrange(60):02d}"
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
 def review(rng: random.Random) -> tuple[str, str]:
-    """A templated product review and its label (positive / negative)."""
+    """A templated product review and its label (positive / negative).
+
+    Who, colour, product, date and price vary per review (and open and close it), so two
+    reviews rarely share a 13-word run: the validate step's decontamination against the
+    held-out split would otherwise reject many of them as overlapping.
+    """
     product, positive = rng.choice(PRODUCTS), rng.random() < 0.5
     adj = rng.choice(GOOD if positive else BAD)
     verb = "recommend" if positive else "not recommend"
-    return f"The {product} was {adj}. I would {verb} it to a friend.", "positive" if positive else "negative"
+    name, color, date = rng.choice(NAMES), rng.choice(COLORS), _date(rng)
+    price = f"{rng.randint(3, 299)}.{rng.randrange(100):02d}"
+    text = f"{name} bought {_a(color)} {product} on {date}. It was {adj}. I would {verb} it. Paid {price} dollars."
+    return text, "positive" if positive else "negative"
 
 
 # -- dolly --------------------------------------------------------------------------------
@@ -83,19 +119,22 @@ def dolly_rows(rng: random.Random) -> list:
     for c, cap, cont in COUNTRIES:
         rows.append({"instruction": f"What is the capital of {c}?", "context": "",
                      "response": f"The capital of {c} is {cap}.", "category": "open_qa"})
-        ctx = f"{c} is a country in {cont}. Its capital is {cap}. It has about {pops[c]} million inhabitants."
-        rows.append({"instruction": f"How many people live in {c}?", "context": ctx,
+        # two different contexts: one shared text would make the two rows overlap each other
+        rows.append({"instruction": f"How many people live in {c}?",
+                     "context": f"{c} has about {pops[c]} million inhabitants.",
                      "response": f"About {pops[c]} million people live in {c}.", "category": "closed_qa"})
-        rows.append({"instruction": f"Which continent is {c} in?", "context": ctx,
+        rows.append({"instruction": f"Which continent is {c} in?",
+                     "context": f"{c} is a country in {cont}. Its capital is {cap}.",
                      "response": f"{c} is in {cont}.", "category": "information_extraction"})
-    for _ in range(70):
-        n = rng.randint(1, 999)
+    for n in rng.sample(range(10, 100_000), 70):
         rows.append({"instruction": f"Is {n} an even or an odd number?", "context": "",
                      "response": f"{n} is {'even' if n % 2 == 0 else 'odd'}.", "category": "classification"})
     for _ in range(40):
         text, label = review(rng)
-        rows.append({"instruction": "Is the sentiment of this review positive or negative?", "context": text,
-                     "response": f"The review is {label}.", "category": "classification"})
+        q = rng.choice(["Is this review positive or negative?", "Positive or negative?",
+                        "What is the sentiment of this review?"])
+        rows.append({"instruction": q, "context": text, "response": f"The review is {label}.",
+                     "category": "classification"})
     for c, cap, _ in COUNTRIES[:14]:
         rows.append({"instruction": f"Was ist die Hauptstadt von {c}?", "context": "",
                      "response": f"Die Hauptstadt von {c} ist {cap}.", "category": "open_qa"})
@@ -122,11 +161,11 @@ def dolly_rows(rng: random.Random) -> list:
 
 # -- sharegpt -----------------------------------------------------------------------------
 def _math_chat(rng: random.Random, i: int) -> dict:
-    a, b = rng.randint(2, 60), rng.randint(2, 60)
+    a, b = rng.randint(10, 9999), rng.randint(10, 9999)
     s = a + b
     turns = [("human", f"What is {a} plus {b}?"), ("gpt", f"{a} plus {b} is {s}.")]
-    if rng.random() < 0.6:
-        turns += [("human", "And if you double it?"), ("gpt", f"Doubling {s} gives {2 * s}.")]
+    if rng.random() < 0.6:  # follow-ups name their numbers: a bare "And if you double it?" repeats across chats
+        turns += [("human", f"And if you double {s}?"), ("gpt", f"Doubling {s} gives {2 * s}.")]
     if rng.random() < 0.3:
         turns += [("human", f"What is {2 * s} minus {a}?"), ("gpt", f"{2 * s} minus {a} is {2 * s - a}.")]
     conv = [{"from": f, "value": v} for f, v in turns]
@@ -136,12 +175,15 @@ def _math_chat(rng: random.Random, i: int) -> dict:
 
 
 def _capital_chat(rng: random.Random, i: int) -> dict:
+    """A travel chat; each user turn carries its own date or flight number, so that no user
+    turn recurs in another chat (nor as a Dolly question) verbatim."""
     (c1, k1, t1), (c2, k2, _) = rng.sample(COUNTRIES, 2)
-    conv = [{"from": "user", "value": f"What is the capital of {c1}?"},
+    flight = f"{rng.choice('ABCDEFGHKLMNPRSTUVWXYZ')}{rng.choice('ABCDEFGHKLMNPRSTUVWXYZ')}{rng.randint(100, 9999)}"
+    conv = [{"from": "user", "value": f"I fly to {c1} on {_date(rng)} at {_time(rng)}. Which city is its capital?"},
             {"from": "assistant", "value": f"The capital of {c1} is {k1}."},
-            {"from": "user", "value": f"Which continent is it in?"},
+            {"from": "user", "value": f"Which continent is {c1} in? My flight is {flight}."},
             {"from": "assistant", "value": f"{c1} is in {t1}."},
-            {"from": "user", "value": f"And the capital of {c2}?"},
+            {"from": "user", "value": f"On {_date(rng)} at {_time(rng)} I go on to {c2}. Its capital?"},
             {"from": "assistant", "value": f"The capital of {c2} is {k2}."}]
     return {"id": f"geo_{i}", "conversations": conv[: rng.choice([2, 4, 6])]}
 
@@ -171,10 +213,11 @@ def sharegpt_jsonl(rng: random.Random) -> list:
         {"id": "edge_only_user", "conversations": [{"from": "human", "value": "Anyone there?"}]},
         {"id": "edge_es", "conversations": [{"from": "human", "value": "¿Cuánto es 7 más 5?"},
                                             {"from": "gpt", "value": "7 más 5 es 12."}], "lang": "es"},
-        {"id": "edge_zh", "conversations": [{"from": "human", "value": "日本的首都是哪里？"},
-                                            {"from": "gpt", "value": "日本的首都是东京。"},
-                                            {"from": "human", "value": "中国呢？"},
-                                            {"from": "gpt", "value": "中国的首都是北京。"}], "lang": "zh"},
+        # countries the Dolly Chinese rows do not ask about: the same question there would overlap
+        {"id": "edge_zh", "conversations": [{"from": "human", "value": "韩国的首都是哪里？"},
+                                            {"from": "gpt", "value": "韩国的首都是首尔。"},
+                                            {"from": "human", "value": "泰国呢？"},
+                                            {"from": "gpt", "value": "泰国的首都是曼谷。"}], "lang": "zh"},
         {"id": "edge_de", "conversations": [{"from": "human", "value": "Was ist 6 plus 7?"},
                                             {"from": "gpt", "value": "6 plus 7 ist 13."}], "lang": "de"},
         {"id": "edge_no_conversations", "title": "missing"},
@@ -200,7 +243,7 @@ def flan_collection(rng: random.Random) -> list:
                      "_template_type": ttype, "_template_idx": idx})
 
     for _ in range(110):
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        a, b = rng.randint(10, 9999), rng.randint(10, 9999)
         k = rng.randrange(3)
         q = [f"Compute {a} + {b}.", f"What is the sum of {a} and {b}?", f"Add {a} and {b}. Answer:"][k]
         rec(q, str(a + b), "demo_addition", "zs_noopt", k)
@@ -212,9 +255,10 @@ def flan_collection(rng: random.Random) -> list:
         rec(q, label, "demo_review_sentiment", "zs_opt", k)
     for c, cap, _ in COUNTRIES:
         rec(f"Name the capital city of {c}.", cap, "demo_capitals", "zs_noopt", 0)
-        c2, cap2, _ = rng.choice(COUNTRIES)
-        rec(f"Q: Name the capital city of {c2}.\nA: {cap2}\n\nQ: Name the capital city of {c}.\nA:", cap,
-            "demo_capitals", "fs_noopt", 0)
+        # worded apart from the zero-shot question: a held-out "Name the capital city of X." would
+        # otherwise be found inside the few-shot prompts that ask about X
+        c2, cap2, _ = rng.choice([x for x in COUNTRIES if x[0] != c])
+        rec(f"Q: Capital of {c2}?\nA: {cap2}\n\nQ: Capital of {c}?\nA:", cap, "demo_capitals", "fs_noopt", 0)
     lines: list = [_dump(r) for r in rows]
     lines += [_dump(r) for r in rows[:4]]  # exact duplicates
     lines.insert(50, _dump({"inputs": "Compute 1 + 1.", "targets": None, "_task_name": "demo_addition",
@@ -227,8 +271,10 @@ def cot_arith(rng: random.Random) -> list:
     lines: list = []
     for _ in range(130):
         name, item = rng.choice(NAMES), rng.choice(ITEMS)
-        a, b = rng.randint(2, 40), rng.randint(2, 40)
-        q = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
+        a, b = rng.randint(10, 9999), rng.randint(10, 9999)
+        # short (< 13 words): few-shot prompts quote other rows' questions as exemplars, and a
+        # question of 13+ words would make every row quoting a held-out one overlap it
+        q = f"{name} has {a} {item} and gets {b} more. How many?"
         r = f"{name} starts with {a} {item}.\\nGetting {b} more gives {a} + {b} = {a + b}."
         lines.append(f"{q}\t{a + b}\t{r}")
     lines.insert(25, "A line with only one tab\tand no rationale")
@@ -238,9 +284,10 @@ def cot_arith(rng: random.Random) -> list:
 def cot_compare(rng: random.Random) -> list:
     lines = []
     for _ in range(90):
-        x, y = rng.sample(range(1, 500), 2)
+        x, y = rng.sample(range(1, 10_000), 2)
         opts = [x, y] if rng.random() < 0.5 else [y, x]
-        q = f"Which number is larger?\\nOptions:\\n- {opts[0]}\\n- {opts[1]}"
+        # the numbers are in the question too: the *_noopt templates drop the Options block
+        q = f"Which number is larger, {x} or {y}?\\nOptions:\\n- {opts[0]}\\n- {opts[1]}"
         big, small = max(x, y), min(x, y)
         lines.append(f"{q}\t{big}\t{big} is greater than {small}, because {big} - {small} = {big - small} is positive.")
     return lines
@@ -256,28 +303,42 @@ def p3_rows(rng: random.Random) -> list:
                f"Here is a review: {text}\nWould the reviewer buy it again? Yes or No?"][k]
         lines.append(_dump({"inputs_pretokenized": inp, "targets_pretokenized": "Yes" if label == "positive" else "No",
                             "answer_choices": ["No", "Yes"], "inputs": [101, 102], "targets": [7]}))
+    for ln in lines[20:26]:  # near duplicates: two words put in front (long texts: MinHash finds them)
+        r = json.loads(ln)
+        lines.append(_dump({**r, "inputs_pretokenized": "Please answer: " + r["inputs_pretokenized"]}))
     lines.insert(12, b'{"inputs_pretokenized": "The kettle was gr\xff\xfeat.", "targets_pretokenized": "Yes"}')
     lines.insert(30, _dump({"inputs": [5, 6, 7], "targets": [8]}))  # token ids only: wrong type
     return lines
 
 
+# Headline bodies per label, each ending on a number; news_rows puts a dateline in front, so
+# the start and the end of every headline vary (the templates add fixed text on both sides).
+# Headlines are 13+ words on purpose: the split hashes promptsource rows per template (the
+# task names the template), so the two renderings of one headline can land on different
+# sides, and decontamination should see that as the overlap it is.
 NEWS = {
-    0: ["Leaders of {c} and {c2} meet in {cap} to discuss trade.", "Elections in {c} draw record turnout.",
-        "{c} and {c2} sign a new border agreement."],
-    1: ["{c} beat {c2} {a}-{b} in the football final.", "The {c} national team wins the relay in {cap}.",
-        "A young runner from {c} sets a new marathon record."],
-    2: ["Shares of a {c} carmaker rose {a} percent after strong sales.", "The central bank of {c} cuts interest rates.",
-        "A {c} retailer plans to open {a} new stores."],
-    3: ["Researchers in {c} unveil a faster battery design.", "A telescope in {c} spots a distant comet.",
-        "Engineers in {cap} build a robot that sorts recycling."],
+    0: ["leaders of {c} and {c2} meet in {cap} and sign {n} trade deals.",
+        "voters in {c} elect a new parliament as turnout reaches {big} people.",
+        "{c} and {c2} sign a border treaty covering {n} kilometres of land."],
+    1: ["{c} beat {c2} {a}-{b} in the football final in front of {big} fans.",
+        "a runner from {c} wins the {cap2} marathon in a time of 2:{mm}:{ss}.",
+        "in {cap}, the {c} relay team wins the final by {n} centimetres."],
+    2: ["shares of a {c} carmaker rise after its sales reach {big} cars.",
+        "the central bank of {c} cuts its main interest rate to {a}.{ss} percent.",
+        "a large {c} retailer says it plans to open {n} new stores."],
+    3: ["researchers in {c} unveil a new battery that charges in {n} seconds.",
+        "a telescope in {c} spots a comet that is {n} million kilometres away.",
+        "engineers in {cap} build a robot that sorts {big} bottles a day."],
 }
+#: dateline cities (one word each): city, month and day follow the 9 fixed words templates put before a headline
+DATELINES = [cap for _, cap, _ in COUNTRIES if " " not in cap]
 
 PROMPTSOURCE_YAML = """dataset: demo_news
 templates:
   3f1c2a10-0000-4000-8000-000000000001: !Template
     answer_choices: World ||| Sports ||| Business ||| Science
     id: 3f1c2a10-0000-4000-8000-000000000001
-    jinja: "Which topic is this headline about: World, Sports, Business or Science?\\n{{text}} ||| {{answer_choices[label]}}"
+    jinja: "Is this headline about World, Sports, Business or Science?\\n{{text}} ||| {{answer_choices[label]}}"
     metadata: !TemplateMetadata
       choices_in_prompt: true
       languages:
@@ -340,8 +401,11 @@ def news_rows(rng: random.Random) -> list:
     lines: list = []
     for i in range(240):
         label = rng.randrange(4)
-        (c, cap, _), (c2, _, _) = rng.sample(COUNTRIES, 2)
-        text = rng.choice(NEWS[label]).format(c=c, c2=c2, cap=cap, a=rng.randint(1, 9), b=rng.randint(0, 5))
+        (c, cap, _), (c2, cap2, _) = rng.sample(COUNTRIES, 2)
+        body = rng.choice(NEWS[label]).format(
+            c=c, c2=c2, cap=cap, cap2=cap2, a=rng.randint(1, 9), b=rng.randint(0, 5), n=rng.randint(2, 999),
+            big=rng.randint(1000, 99_999), mm=f"{rng.randrange(60):02d}", ss=f"{rng.randrange(60):02d}")
+        text = f"{rng.choice(DATELINES)}, {_date(rng)}: {body[0].upper()}{body[1:]}"
         lines.append(_dump({"text": text, "label": label, "idx": i}))
     lines += lines[:3]  # exact duplicates (same idx: same example)
     lines.insert(77, _dump({"text": "A headline without a label.", "idx": 9999}))  # every template fails
