@@ -1,9 +1,12 @@
 """The `split` step: carve seeded held-out evaluation rows out of the deduplicated records.
 
-A row goes to `records_eval` when a seeded 64-bit hash of (seed, source, task, group)
-falls below a cutoff of its (source, task); otherwise to `records_train`. The group is
-the row's `example_id` (its underlying source example) or, when that is null, its
-`record_id`, so every template variant of one FLAN/P3 example lands on the same side.
+A row goes to `records_eval` when a seeded 64-bit hash of (seed, source, group) falls
+below a cutoff of its (source, task); otherwise to `records_train`. The group is the row's
+`example_id` (its underlying source example) or, when that is null, its `record_id`, so
+every template variant of one FLAN/P3 example lands on the same side, even where the
+reader names a task per template (promptsource): with `eval_fraction` the cutoff is the
+same for every task. (With `eval_rows` the cutoffs differ per task, so variants of one
+example in different tasks can still be split; prefer `eval_fraction` for promptsource.)
 
 Why a hash and not a shuffle: a row's side depends only on its own key and the seed,
 never on the other rows, so the split streams batch by batch, is identical on any
@@ -32,13 +35,13 @@ from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore
 
 STEP = "split"
-VERSION = 1
+VERSION = 2  # 2: the task is not part of the side hash (template variants stay together)
 _KEY_COLUMNS = ["record_id", "source", "task", "example_id"]
 _FULL = 1 << 64
 
 
 def group_hashes(seed: int, batch: pa.RecordBatch | pa.Table) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """Per row: its (source, task) and the seeded uint64 hash of (seed, source, task, group)."""
+    """Per row: its (source, task) and the seeded uint64 hash of (seed, source, group)."""
     sources = batch.column("source").to_pylist()
     tasks = batch.column("task").to_pylist()
     groups = pc.coalesce(batch.column("example_id"), batch.column("record_id")).to_pylist()
@@ -47,7 +50,9 @@ def group_hashes(seed: int, batch: pa.RecordBatch | pa.Table) -> tuple[list[tupl
         s, t = s or "", t or ""
         keys.append((s, t))
         # \x1f (unit separator) cannot be confused with text inside the parts.
-        hashes[i] = xxhash.xxh64_intdigest(f"{seed}\x1f{s}\x1f{t}\x1f{g}".encode("utf-8"))
+        # The task is not hashed: promptsource names a task per template, and the template
+        # variants of one example must land on the same side (DESIGN.md: no leak by template).
+        hashes[i] = xxhash.xxh64_intdigest(f"{seed}\x1f{s}\x1f{g}".encode("utf-8"))
     return keys, hashes
 
 

@@ -78,6 +78,19 @@ def test_template_variants_fall_on_one_side(tmp_path):
     assert {"train"} in side_of_example.values() and {"eval"} in side_of_example.values()
 
 
+def test_template_variants_in_tasks_of_their_own_fall_on_one_side(tmp_path):
+    # promptsource names a task per template: `news/tpl0`, `news/tpl1` for the same example
+    rows = [record("p3", f"news/tpl{t}", e, f"tpl{t}", f"news/{e}") for e in range(80) for t in range(2)]
+    store, m = run(tmp_path, rows, {"eval_fraction": 0.3, "seed": 7})
+    train, held = sides(store, m)
+    side_of_example = defaultdict(set)
+    for side, recs in (("train", train), ("eval", held)):
+        for r in recs.values():
+            side_of_example[r["example_id"]].add(side)
+    assert all(len(s) == 1 for s in side_of_example.values()), side_of_example
+    assert {"train"} in side_of_example.values() and {"eval"} in side_of_example.values()
+
+
 def test_fraction_is_close_per_source(tmp_path):
     rows = [record("dolly", "open_qa", i) for i in range(3000)]
     store, m = run(tmp_path, rows, {"eval_fraction": 0.1, "seed": 3})
