@@ -16,6 +16,7 @@ import contextvars
 import functools
 import operator
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,19 +40,73 @@ class RenderError(Exception):
 
 
 # -- the sandbox -------------------------------------------------------------------------
-class BoundedSandbox(ImmutableSandboxedEnvironment):
-    """Immutable sandbox that also refuses huge `*` / `**` results (e.g. `'a' * 10**9`)."""
+#: Loop iterations over `range` one rendering may make in all (nested loops multiply).
+MAX_RANGE_STEPS = 1_000_000
+#: Largest number a template may pass to a call, use as a power or as a format width.
+MAX_NUMBER = 10**64
+_RANGE_STEPS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("tuneline_range_steps")
+_WIDE_FORMAT = re.compile(r"%[-+ #0]*\d{6,}|\{[^{}]*:[^{}]*\d{6,}[^{}]*\}")
 
-    intercepted_binops = frozenset(["*", "**"])
+
+def _budgeted_range(*args):
+    """`range` whose iterations count against the rendering's budget (MAX_RANGE_STEPS)."""
+    budget = _RANGE_STEPS.get(None)
+    for i in range(*args):
+        if budget is not None:
+            budget[0] += 1
+            if budget[0] > MAX_RANGE_STEPS:
+                raise SecurityError(f"loops over range() exceed {MAX_RANGE_STEPS} iterations")
+        yield i
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Immutable sandbox that also refuses what would run or allocate without bound: huge
+    `*` / `**` results (`'a' * 10**9`, `((10**64)**64)**64`), nested loops over `range`
+    beyond MAX_RANGE_STEPS iterations in all, calls with huge numbers (`'x'.center(10**9)`)
+    and format strings with huge widths (`'%0999999999d' % 1`, `'{:>999999999}'.format(1)`)."""
+
+    intercepted_binops = frozenset(["*", "**", "%"])
 
     def __init__(self, max_chars: int = MAX_RENDER_CHARS, **kw):
         super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, **kw)
         self.max_chars = max_chars
+        self.globals["range"] = _budgeted_range
+        builtin_format = self.filters["format"]
+
+        def bounded_format(value, *args, **kwargs):  # '%0999999999d' | format(1)
+            if isinstance(value, str) and _WIDE_FORMAT.search(value):
+                raise SecurityError("format width is too large")
+            return builtin_format(value, *args, **kwargs)
+
+        self.filters["format"] = bounded_format
+
+    def call(self, context, obj, *args, **kwargs):
+        if obj is not _budgeted_range:  # range is lazy and counts its own steps
+            for a in (*args, *kwargs.values()):
+                if isinstance(a, (int, float)) and not isinstance(a, bool) and abs(a) > max(self.max_chars, 10**6):
+                    raise SecurityError(f"argument {a} is too large")
+        return super().call(context, obj, *args, **kwargs)
+
+    def wrap_str_format(self, value):  # '{:>999999999}'.format(1)
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map") \
+                and _WIDE_FORMAT.search(owner):
+            def refused(*_args, **_kwargs):
+                raise SecurityError("format width is too large")
+
+            return refused
+        return super().wrap_str_format(value)
 
     def call_binop(self, context, operator_: str, left, right):
+        if operator_ == "%":
+            if isinstance(left, str) and _WIDE_FORMAT.search(left):
+                raise SecurityError("format width is too large")
+            return super().call_binop(context, operator_, left, right)
         if operator_ == "**":
             if isinstance(right, (int, float)) and abs(right) > 64:
                 raise SecurityError(f"exponent {right} is too large")
+            if isinstance(left, (int, float)) and abs(left) > MAX_NUMBER:
+                raise SecurityError("base of a power is too large")
             return operator.pow(left, right)
         seq, n = (left, right) if isinstance(right, int) else (right, left)
         if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > self.max_chars:
@@ -181,6 +236,7 @@ def render_promptsource(t: PSTemplate, row: dict, where: str, rng: random.Random
     """
     variables = dict(row)
     token = _ROW_RNG.set(rng)
+    steps = _RANGE_STEPS.set([0])
     try:
         choices: list[str] = []
         if t.answer_choices:
@@ -196,6 +252,7 @@ def render_promptsource(t: PSTemplate, row: dict, where: str, rng: random.Random
         raise RenderError("template_error", f"{where}: template {t.name!r}: {type(exc).__name__}: {exc}") from None
     finally:
         _ROW_RNG.reset(token)
+        _RANGE_STEPS.reset(steps)
     parts = text.split(SEPARATOR)
     prompt = parts[0].strip()
     target = SEPARATOR.join(parts[1:]).strip() if len(parts) > 1 else ""

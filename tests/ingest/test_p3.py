@@ -76,6 +76,29 @@ def test_p3_records(tmp_path):
     assert [out[2]["reason"], out[3]["reason"]] == ["wrong_type", "wrong_type"]
 
 
+@pytest.mark.parametrize("jinja", [
+    "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %} ||| x",  # no output, 1e10 steps
+    "{{ 'x'.center(10**9) }} ||| x",
+    "{{ '%0999999999d' % 1 }} ||| x",
+    "{{ '{:>999999999}'.format(1) }} ||| x",
+    "{{ '%0999999999d' | format(1) }} ||| x",
+    "{{ ((10**64)**64)**64 }} ||| x",
+    "{{ range(10**9) | list | length }} ||| x",
+])
+def test_work_and_memory_without_output_are_bounded(jinja):
+    # template_unsafe, not render_too_long: refused before the work or the allocation is done
+    t = PSTemplate(id="t", name="evil", jinja=jinja, answer_choices=None)
+    with pytest.raises(RenderError) as e:
+        render_promptsource(t, {}, "rows.jsonl:3", random.Random(0))
+    assert e.value.reason == "template_unsafe" and "rows.jsonl:3" in str(e.value)
+
+
+def test_ordinary_loops_formats_and_numbers_still_render():
+    t = PSTemplate(id="t", name="fine", answer_choices=None,
+                   jinja="{% for i in range(3) %}{{ i }}{% endfor %} {{ 2 ** 10 }} ||| {{ '%d items' % 3 }}{{ '{:>4}'.format(1) }}")
+    assert render_promptsource(t, {}, "rows.jsonl:1", random.Random(0))[:2] == ("012 1024", "3 items   1")
+
+
 def test_random_filter_is_seeded_per_row_and_lipsum_is_gone():
     t = PSTemplate(id="t", name="pick", jinja="{{ ['a', 'b', 'c', 'd', 'e', 'f'] | random }} ||| x", answer_choices=None)
     picks = [render_promptsource(t, {}, "rows.jsonl:1", random.Random(seed))[0] for seed in range(12)]
