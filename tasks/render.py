@@ -45,6 +45,7 @@ MAX_RANGE_STEPS = 1_000_000
 #: Largest number a template may pass to a call, use as a power or as a format width.
 MAX_NUMBER = 10**64
 _RANGE_STEPS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("tuneline_range_steps")
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 _WIDE_FORMAT = re.compile(r"%[-+ #0]*\d{6,}|\{[^{}]*:[^{}]*\d{6,}[^{}]*\}")
 
 
@@ -62,7 +63,7 @@ def _budgeted_range(*args):
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     """Immutable sandbox that also refuses what would run or allocate without bound: huge
     `*` / `**` results (`'a' * 10**9`, `((10**64)**64)**64`), nested loops over `range`
-    beyond MAX_RANGE_STEPS iterations in all, calls with huge numbers (`'x'.center(10**9)`)
+    beyond MAX_RANGE_STEPS iterations in all, padding beyond the output bound (`'x'.center(10**9)`)
     and format strings with huge widths (`'%0999999999d' % 1`, `'{:>999999999}'.format(1)`)."""
 
     intercepted_binops = frozenset(["*", "**", "%"])
@@ -81,10 +82,11 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.filters["format"] = bounded_format
 
     def call(self, context, obj, *args, **kwargs):
-        if obj is not _budgeted_range:  # range is lazy and counts its own steps
+        # str methods that allocate a string as long as their number argument
+        if isinstance(getattr(obj, "__self__", None), str) and getattr(obj, "__name__", "") in _PADDING_METHODS:
             for a in (*args, *kwargs.values()):
-                if isinstance(a, (int, float)) and not isinstance(a, bool) and abs(a) > max(self.max_chars, 10**6):
-                    raise SecurityError(f"argument {a} is too large")
+                if isinstance(a, int) and a > self.max_chars:
+                    raise SecurityError(f"str.{obj.__name__}({a}) exceeds {self.max_chars} characters")
         return super().call(context, obj, *args, **kwargs)
 
     def wrap_str_format(self, value):  # '{:>999999999}'.format(1)

@@ -95,8 +95,10 @@ def test_work_and_memory_without_output_are_bounded(jinja):
 
 def test_ordinary_loops_formats_and_numbers_still_render():
     t = PSTemplate(id="t", name="fine", answer_choices=None,
-                   jinja="{% for i in range(3) %}{{ i }}{% endfor %} {{ 2 ** 10 }} ||| {{ '%d items' % 3 }}{{ '{:>4}'.format(1) }}")
-    assert render_promptsource(t, {}, "rows.jsonl:1", random.Random(0))[:2] == ("012 1024", "3 items   1")
+                   jinja="{% for i in range(3) %}{{ i }}{% endfor %} {{ 2 ** 10 }} {{ '{:,}'.format(pop) }} ||| "
+                         "{{ '%d items' % 3 }}{{ '{:>4}'.format(1) }}")
+    assert render_promptsource(t, {"pop": 83_000_000}, "rows.jsonl:1", random.Random(0))[:2] == (
+        "012 1024 83,000,000", "3 items   1")
 
 
 def test_random_filter_is_seeded_per_row_and_lipsum_is_gone():
