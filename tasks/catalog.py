@@ -52,11 +52,14 @@ def rebuild(store: "ArtifactStore") -> Path:
     try:
         con = duckdb.connect(str(tmp))
         try:
-            for name, files in sorted(view_files(store).items()):
-                con.execute(_sql("views/table.sql").format(name=name, files=_file_list(files)))
             runs = sorted((store.root / "runs").glob("*.jsonl"))
             if runs:
                 con.execute(_sql("views/runs.sql").format(files=_file_list(runs)))
+            for name, files in sorted(view_files(store).items()):
+                # A table with a view of its own (sql/views/<name>.sql, e.g. eval joins runs)
+                own = SQL_DIR / "views" / f"{name}.sql"
+                template = f"views/{name}.sql" if runs and own.exists() else "views/table.sql"
+                con.execute(_sql(template).format(name=name, files=_file_list(files)))
             con.execute("CHECKPOINT")
         finally:
             con.close()

@@ -75,3 +75,20 @@ def test_missing_catalog_is_a_clear_error(tmp_path):
 def test_table_rendering():
     text = catalog.render_table(["a", "b"], [(1, None), (2.5, "x\ny")])
     assert "NULL" in text and "x\\ny" in text and text.endswith("(2 rows)")
+
+
+def test_eval_view_names_the_run_that_published_it(store):
+    # An evaluate artifact is content-keyed and reused across runs; its run_id comes from `runs`.
+    schema = pa.schema([("run_id", pa.string()), ("stage", pa.string()), ("metric", pa.string()),
+                        ("value", pa.float64())])
+
+    def body(w):
+        w.write("eval", schema, [{"run_id": None, "stage": "base", "metric": "loss", "value": 1.5}])
+        w.stats.update(rows_in=1, rows_out=1)
+
+    m = run_step(store, "evaluate", 1, [], {}, "base", body)
+    for run_id, at in (("r1", "2026-01-01T00:00:00Z"), ("r2", "2026-01-02T00:00:00Z")):
+        store.publish_step(RunLog(store, run_id, "r.yaml"), "evaluate", [m],
+                           [{"step": "evaluate", "dir": m["dir"], "finished_at": at}])
+    assert catalog.query(store.root, "select run_id, stage, value from eval", "json") == json.dumps(
+        [{"run_id": "r2", "stage": "base", "value": 1.5}], indent=1)

@@ -99,4 +99,5 @@ def test_demo_end_to_end_while_reading(prefect_server, tmp_path):
                 assert loss[(stage, src)] < loss[("base", src)], (stage, src, loss)
                 compared += 1
     assert compared >= 4, loss  # every demo source has held-out rows
+    assert con.execute("select count(*) from eval where run_id is null").fetchone()[0] == 0
     con.close()
