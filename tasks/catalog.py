@@ -53,12 +53,15 @@ def rebuild(store: "ArtifactStore") -> Path:
         con = duckdb.connect(str(tmp))
         try:
             runs = sorted((store.root / "runs").glob("*.jsonl"))
+            run_columns: set[str] = set()
             if runs:
                 con.execute(_sql("views/runs.sql").format(files=_file_list(runs)))
+                run_columns = {r[0] for r in con.execute("DESCRIBE runs").fetchall()}
             for name, files in sorted(view_files(store).items()):
-                # A table with a view of its own (sql/views/<name>.sql, e.g. eval joins runs)
+                # A table with a view of its own (sql/views/<name>.sql: eval joins runs)
                 own = SQL_DIR / "views" / f"{name}.sql"
-                template = f"views/{name}.sql" if runs and own.exists() else "views/table.sql"
+                joinable = {"run_id", "step", "dir", "finished_at"} <= run_columns
+                template = f"views/{name}.sql" if joinable and own.exists() else "views/table.sql"
                 con.execute(_sql(template).format(name=name, files=_file_list(files)))
             con.execute("CHECKPOINT")
         finally:

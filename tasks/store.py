@@ -40,6 +40,17 @@ from tasks.errors import TunelineError
 
 MANIFEST = "manifest.json"
 PART_ROWS = 200_000
+
+
+def _alive(pid: int) -> bool:
+    """A process with this pid runs here (a zombie, killed but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
 # Names the host in staging directory names, so a run never removes a live Dask worker's.
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -316,7 +327,7 @@ class ArtifactStore:
             if len(parts) != 5 or not parts[3].isdigit():
                 continue
             if parts[2] == HOST_TAG:
-                stale = not Path(f"/proc/{parts[3]}").exists()
+                stale = not _alive(int(parts[3]))
             else:
                 stale = time.time() - d.stat().st_mtime >= other_hosts_after_s
             if stale:

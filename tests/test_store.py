@@ -108,6 +108,26 @@ def test_stale_staging_is_cleaned(store):
     assert store.clean_staging(other_hosts_after_s=0) == 1 and not other_host.exists() and live.exists()
 
 
+def test_staging_of_a_killed_but_unreaped_process_is_cleaned(store):
+    # A SIGKILLed run's processes can linger as zombies (their parent died too): not alive.
+    import subprocess
+    import sys
+    import time
+
+    from tasks.store import HOST_TAG
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while "Z" not in open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[-1].split()[:1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    d = store.root / "s" / f".staging-abc-{HOST_TAG}-{child.pid}-ffff"
+    d.mkdir(parents=True)
+    try:
+        assert store.clean_staging() == 1 and not d.exists()
+    finally:
+        child.wait()
+
+
 def test_rows_must_add_up(store):
     def body(w):
         w.stats.update(rows_in=3, rows_out=1, rows_rejected=1)
