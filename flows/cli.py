@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -43,10 +42,8 @@ def cmd_demo(args) -> int:
     from tasks.demo_data import write_demo_data
 
     data_dir = Path(args.out) / "demo-data"
-    write_demo_data(data_dir, seed=0)
-    recipe = data_dir / "recipe.yaml"
-    shutil.copyfile(REPO / "recipes" / "demo.yaml", recipe)
-    _run(str(recipe), args.out, None)
+    write_demo_data(data_dir, seed=0)  # with recipe.yaml, a copy of recipes/demo.yaml
+    _run(str(data_dir / "recipe.yaml"), args.out, None)
     return 0
 
 

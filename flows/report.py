@@ -48,29 +48,17 @@ def _key(s: str) -> str:
 
 
 def _prefect_table(step: str, rows: list[dict], store: ArtifactStore) -> None:
-    try:
-        from prefect.artifacts import create_table_artifact
-    except ImportError:
-        return
     table = [
         {k: r[k] for k in ("label", "rows_in", "rows_out", "rows_rejected", "records_out", "skipped", "seconds")}
         | {"artifact": str(store.root / r["dir"])}
         for r in rows
     ]
-    try:
-        create_table_artifact(key=_key(f"{step}-counts"), table=table,
-                              description=f"{step}: rows in/out/rejected per task; catalog: {store.root / 'catalog.duckdb'}")
-    except Exception:  # outside a flow run there is nowhere to publish
-        pass
+    _artifact("table", f"{step}-counts", f"{step}: rows in/out/rejected per task; catalog: {store.root / 'catalog.duckdb'}",
+              table=table)
 
 
 def _prefect_markdown(key: str, markdown: str, description: str) -> None:
-    try:
-        from prefect.artifacts import create_markdown_artifact
-
-        create_markdown_artifact(key=_key(key), markdown=markdown, description=description)
-    except Exception:
-        pass
+    _artifact("markdown", key, description, markdown=markdown)
 
 
 def _eval_comparison(store: ArtifactStore, manifests: list[dict]) -> None:
@@ -79,11 +67,16 @@ def _eval_comparison(store: ArtifactStore, manifests: list[dict]) -> None:
 
     rows = comparison_rows(str(store.root), manifests)
     atomic_write_bytes(store.root / REPORT_FILE, rows_markdown(rows).encode())
-    try:
-        from prefect.artifacts import create_table_artifact
+    _artifact("table", "eval-comparison", f"Evaluation, base vs stages; also {store.root / REPORT_FILE}",
+              table=[{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
 
-        create_table_artifact(key="eval-comparison", table=[{k: ("" if v is None else v) for k, v in r.items()}
-                                                            for r in rows],
-                              description=f"Evaluation, base vs stages; also {store.root / REPORT_FILE}")
-    except Exception:
+
+def _artifact(kind: str, key: str, description: str, **content) -> None:
+    """A Prefect table or markdown artifact of the current run (none outside a flow run)."""
+    from prefect import artifacts
+
+    create = artifacts.create_table_artifact if kind == "table" else artifacts.create_markdown_artifact
+    try:
+        create(key=_key(key), description=description, **content)
+    except Exception:  # outside a flow run there is nowhere to publish
         pass

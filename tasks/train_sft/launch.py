@@ -28,7 +28,7 @@ from tasks.errors import TunelineError
 from tasks.schema import REJECTS, reject_row
 from tasks.step import input_ref, logger, run_step
 from tasks.store import MANIFEST, ArtifactStore, atomic_write_json, file_sha256, step_key
-from tasks.train_sft.recipe import COMPLETE, LOG_PREFIX
+from tasks.train_sft.recipe import AUDIT_SCHEMA, COMPLETE, LOG_PREFIX
 
 STEP = "train"
 VERSION = 1
@@ -50,17 +50,7 @@ TRAIN_LOG = pa.schema(
         ("positions", pa.list_(pa.int64())),
     ]
 )
-LABEL_AUDIT = pa.schema(
-    [
-        ("stage", pa.string()),
-        ("position", pa.int64()),
-        ("record_id", pa.string()),
-        ("total_tokens", pa.int64()),
-        ("trained_tokens", pa.int64()),
-        ("truncated", pa.bool_()),
-        ("dropped", pa.bool_()),
-    ]
-)
+LABEL_AUDIT = pa.schema([("stage", pa.string()), *AUDIT_SCHEMA])  # the recipe's audit, per stage
 #: Files of the recipe's output that are published with the step (the rest become tables).
 TABLE_FILES = {"train_log.jsonl", "label_audit.parquet", "dropped.jsonl", COMPLETE}
 

@@ -152,6 +152,22 @@ def prefect_server_process(home: Path, auth_string: str | None = None, ui: bool 
 
 
 @pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The demo input files and their recipe.yaml (`tuneline demo-data`), written once per
+    session. Tests only read them; copy the directory to change anything."""
+    from tasks.demo_data import write_demo_data
+
+    d = tmp_path_factory.mktemp("demo-data")
+    write_demo_data(d, seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def demo_recipe(demo_dir) -> Path:
+    return demo_dir / "recipe.yaml"
+
+
+@pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory) -> Iterator[PrefectServer]:
     """One real Prefect server with basic auth for the whole session.
 

@@ -25,16 +25,9 @@ UNTIL = "split"  # ingest to split: every step that races on shards, latest.json
 
 
 @pytest.fixture(scope="module")
-def two_runs(prefect_api, tmp_path_factory):
-    import shutil
-
-    from tasks.demo_data import write_demo_data
-
-    d = tmp_path_factory.mktemp("demo-concurrent")
-    write_demo_data(d / "data", seed=0)
-    recipe = d / "data" / "recipe.yaml"
-    shutil.copyfile(REPO / "recipes" / "demo.yaml", recipe)
-    out = d / "artifacts"
+def two_runs(prefect_api, demo_recipe, tmp_path_factory):
+    recipe = demo_recipe
+    out = tmp_path_factory.mktemp("concurrent") / "artifacts"
     procs = [subprocess.Popen([TUNELINE, "run", str(recipe), "--out", str(out), "--until", UNTIL], cwd=REPO,
                               env=prefect_api.client_env(TUNELINE_WORKERS="1"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -54,18 +54,6 @@ def _artifacts(out: Path) -> dict[str, list[tuple[str, str, str]]]:
     return found
 
 
-@pytest.fixture(scope="module")
-def demo_recipe(tmp_path_factory):
-    import shutil
-
-    from tasks.demo_data import write_demo_data
-
-    d = tmp_path_factory.mktemp("demo-dask")
-    write_demo_data(d, seed=0)
-    shutil.copyfile(REPO / "recipes" / "demo.yaml", d / "recipe.yaml")
-    return d / "recipe.yaml"
-
-
 def test_dask_cluster_gives_the_same_artifacts_as_the_default_runner(prefect_api, demo_recipe, tmp_path):
     from distributed import Client, LocalCluster
 

@@ -66,16 +66,6 @@ def test_server_holds_the_schedule_parameters_and_pool_of_the_file(deployed):
     assert [s.schedule.cron for s in refresh.schedules] == ["0 3 * * *"]
 
 
-def _demo_recipe(tmp: Path) -> Path:
-    import shutil
-
-    from tasks.demo_data import write_demo_data
-
-    write_demo_data(tmp / "data", seed=0)
-    shutil.copyfile(REPO / "recipes" / "demo.yaml", tmp / "data" / "recipe.yaml")
-    return tmp / "data" / "recipe.yaml"
-
-
 def _wait_final(server, flow_run_id, timeout: float):
     from prefect.client.orchestration import get_client
 
@@ -90,11 +80,11 @@ def _wait_final(server, flow_run_id, timeout: float):
 
 
 @pytest.mark.slow
-def test_worker_runs_the_data_refresh_deployment(deployed, tmp_path):
+def test_worker_runs_the_data_refresh_deployment(deployed, demo_recipe, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    recipe, until = _demo_recipe(tmp_path), UNTIL
+    recipe, until = demo_recipe, UNTIL
     out = tmp_path / "artifacts"
     worker = deployed.spawn(
         [PREFECT, "worker", "start", "--pool", "tuneline", "--name", "test-worker"], "worker",

@@ -1,7 +1,6 @@
 """The pipeline flow end to end on demo data, under a real Prefect test server."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -9,18 +8,7 @@ import pytest
 
 from tasks.store import ArtifactStore
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def demo_recipe(tmp_path_factory):
-    from tasks.demo_data import write_demo_data
-
-    d = tmp_path_factory.mktemp("demo")
-    write_demo_data(d, seed=0)
-    shutil.copyfile(REPO / "recipes" / "demo.yaml", d / "recipe.yaml")
-    return d / "recipe.yaml"
 
 
 @pytest.fixture(scope="module")

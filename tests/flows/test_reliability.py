@@ -31,16 +31,6 @@ def api_url(prefect_server):
     return PREFECT_API_URL.value()
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    from tasks.demo_data import write_demo_data
-
-    d = tmp_path_factory.mktemp("demo")
-    write_demo_data(d, seed=0)
-    shutil.copyfile(REPO / "recipes" / "demo.yaml", d / "recipe.yaml")
-    return d
-
-
 def run_cli(api_url, recipe, out, until="mix", fault=None, timeout=600):
     env = {**os.environ, "PREFECT_API_URL": api_url, "TUNELINE_WORKERS": "2"}
     env.pop("TUNELINE_FAULT", None)

@@ -3,23 +3,11 @@ from __future__ import annotations
 
 import random
 
-import pyarrow as pa
-
 from tasks.config import Recipe
+from tasks.mix import MIXTURE
 from tasks.schema import RECORDS, record_id
 from tasks.store import ArtifactStore
 
-MIXTURE = pa.schema(
-    [
-        ("stage", pa.string()),
-        ("position", pa.int64()),
-        ("record_id", pa.string()),
-        ("source", pa.string()),
-        ("task", pa.string()),
-        ("repeat", pa.int32()),
-        ("n_tokens", pa.int64()),
-    ]
-)
 
 WORDS = "the a cat dog sat ran on under mat box red blue big small one two three four five".split()
 
