@@ -202,34 +202,50 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(names), rank[enc.indices.to_numpy()]
 
 
-def token_counter(root: str, tokenizer_manifest: dict) -> TokenCounter:
-    """Tokens per conversation with the pipeline's tokenizer and chat format."""
+def count_pool_tokens(store: ArtifactStore, validate_manifest: dict, root: str,
+                      tokenizer_manifest: dict) -> tuple[np.ndarray | None, TokenCounter | None, str]:
+    """Tokens per conversation with the pipeline's tokenizer and chat format:
+    (counts of every `records_valid` row in table order, None, how) from the parallel
+    counter (tasks.train_sft.token_count), or (None, a per-batch counter, why not)."""
+    from tasks.train_sft import token_count
     from tasks.train_sft.chat import count_tokens
-    from tasks.train_sft.tokenizer import load_tokenizer
+    from tasks.train_sft.tokenizer import load_tokenizer, tokenizer_dir
 
     tokenizer = load_tokenizer(root, tokenizer_manifest)
-    return lambda batch: count_tokens(tokenizer, batch)
+    counts, how = token_count.count_table(store.paths(validate_manifest, "records_valid"),
+                                          tokenizer_dir(root, tokenizer_manifest) / "tokenizer.json",
+                                          tokenizer.chat_template)
+    if counts is not None:
+        return counts, None, how
+    return None, lambda batch: count_tokens(tokenizer, batch), f"the tokenizer, in-process ({how})"
 
 
-def load_pool(store: ArtifactStore, validate_manifest: dict, count: TokenCounter) -> Pool:
-    """Read `records_valid` batch by batch, counting tokens; keep only the key columns."""
+def load_pool(store: ArtifactStore, validate_manifest: dict, count: TokenCounter | None,
+              counts: np.ndarray | None = None) -> Pool:
+    """Read `records_valid` batch by batch, keeping only the key columns; token counts are
+    `counts` (every row, in table order) when given, else `count` of each batch's messages."""
     ids, sources, tasks, tokens = [], [], [], []
-    progress = Progress("mix: counting tokens")
-    cols = ["record_id", "source", "task", "messages"]
+    progress = Progress("mix: reading the pool" if counts is not None else "mix: counting tokens")
+    cols = ["record_id", "source", "task"] + (["messages"] if counts is None else [])
     for batch in store.iter_batches(validate_manifest, "records_valid", columns=cols, batch_size=8192):
         ids.append(batch.column("record_id"))
         sources.extend(batch.column("source").to_pylist())
         tasks.extend(t or "" for t in batch.column("task").to_pylist())
-        tokens.extend(count(batch.column("messages").to_pylist()))
+        if counts is None:
+            tokens.extend(count(batch.column("messages").to_pylist()))
         progress.add(batch.num_rows)
     progress.done()
+    if counts is not None:
+        if len(counts) != len(sources):
+            raise TunelineError(f"mix: {len(counts):,} token counts for {len(sources):,} rows of records_valid")
+        tokens = counts
     record_ids = pa.chunked_array(ids, pa.string()).combine_chunks() if ids else pa.array([], pa.string())
     order = pc.sort_indices(record_ids).to_numpy()
     return Pool(
         record_id=record_ids.take(pa.array(order)),
         source=np.array(sources, dtype=object)[order],
         task=np.array(tasks, dtype=object)[order],
-        n_tokens=np.asarray(tokens, dtype=np.int64)[order] if tokens else np.zeros(0, np.int64),
+        n_tokens=np.asarray(tokens, dtype=np.int64)[order] if len(tokens) else np.zeros(0, np.int64),
     )
 
 
@@ -617,7 +633,7 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
     """Step `mix`: `records_valid` -> `mixture` (one manifest per stage) + `mixture_report`.
 
     `count_tokens` overrides the pipeline's tokenizer (tests); by default tokens are counted
-    with tasks.train_sft (load_tokenizer + count_tokens) from `tokenizer_manifest`.
+    with the tokenizer of `tokenizer_manifest` (see `count_pool_tokens`).
     """
     rcp = Recipe.model_validate(recipe)
     check_stages(rcp)
@@ -633,8 +649,12 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
     }
 
     def body(writer) -> None:
-        count = count_tokens or token_counter(root, tokenizer_manifest)
-        pool = load_pool(store, validate_manifest, count)
+        if count_tokens is not None:
+            counts, count, how = None, count_tokens, "the counter given"
+        else:
+            counts, count, how = count_pool_tokens(store, validate_manifest, root, tokenizer_manifest)
+        logger().info(f"mix: tokens counted with {how}")
+        pool = load_pool(store, validate_manifest, count, counts)
         assert_no_heldout(store, split_manifest, pool)
         planner = Planner(rcp, pool)
         plans = planner.plan_all()
@@ -651,6 +671,7 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
             rows_out=rows_out,
             rows_rejected=0,
             pool_rows=len(pool),
+            token_counting=how,
             warnings=planner.warnings,
             stages={p.stage.name: len(p.order_idx) for p in plans},
             report_markdown=report_markdown(report, planner.warnings),

@@ -327,6 +327,25 @@ def test_report_catalog_and_real_tokenizer(tmp_path):
     assert chat["sharegpt"]["repeat_factor"] == pytest.approx(20 / 8)
 
 
+@pytest.mark.parametrize("parallel_min", [0, 10**9])
+def test_token_counts_in_parallel_or_in_process_are_the_tokenizers(tmp_path, monkeypatch, parallel_min):
+    """Large pools are counted by tiktoken worker processes; the counts are the same either way."""
+    from tasks.train_sft import token_count
+
+    monkeypatch.setattr(token_count, "PARALLEL_MIN", parallel_min)
+    store, vm, sm = setup(tmp_path)
+    recipe = {"sources": SOURCES, "train": {"vocab_size": 300}, "stages": [{"name": "all", "sources": list(NAMES)}]}
+    tm = build_tokenizer(str(store.root), recipe, vm)
+    m = mix(str(store.root), recipe, vm, sm, tm)
+    how = m["stats"]["token_counting"]
+    assert how.startswith("tiktoken on") if parallel_min == 0 else how.startswith("the tokenizer, in-process")
+    rows = read_stage(str(store.root), m, "all").to_pylist()
+    msgs = {r["record_id"]: r["messages"] for r in all_rows()}
+    tok = load_tokenizer(str(store.root), tm)
+    assert len(rows) == len(msgs)
+    assert [r["n_tokens"] for r in rows] == count_tokens(tok, [msgs[r["record_id"]] for r in rows])
+
+
 def test_recipe_without_stages_writes_empty_tables(tmp_path, counter):
     store, m = run_mix(tmp_path, [], counter)
     assert store.read(m, "mixture").num_rows == 0 and store.read(m, "mixture_report").num_rows == 0

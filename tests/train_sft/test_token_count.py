@@ -1,0 +1,96 @@
+"""The parallel token counter (tiktoken over the pipeline's byte-level BPE) against the tokenizer itself."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.schema import RECORDS
+from tasks.train_sft import token_count
+from tasks.train_sft.chat import count_tokens, render_batch
+from tasks.train_sft.tokenizer import CHATML_TEMPLATE, load_tokenizer, tokenizer_dir
+
+ODD_TEXTS = [
+    "It's what they're doing: we'll see, I'd say, you've 10,000.5 reasons",
+    "tabs\tand\n\nnewlines  with   runs of spaces   \n ",
+    "café naïve — “quotes” ½ ﬁ ligature",
+    "中文没有空格的句子。日本語のテキスト",
+    "emoji 🙂👍🏽 and zero\u200bwidth",
+    "trailing space ",
+    " leading space",
+    "",
+    "<|im_end|> inside the text, and <|im_start|>",
+]
+
+
+def _rows(records):
+    """The fixture's records plus conversations of awkward text (None and empty contents too)."""
+    rows = [dict(r) for r in records]
+    for i, text in enumerate(ODD_TEXTS):
+        msgs = [{"role": "system", "content": None}, {"role": "user", "content": text},
+                {"role": "assistant", "content": text[::-1]}]
+        rows.append({**records[0], "record_id": f"odd{i}", "messages": msgs, "n_turns": 3})
+    return rows
+
+
+def _table_files(tmp_path, rows, row_group_size=40):
+    path = tmp_path / "records_valid-00000.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=RECORDS), path, row_group_size=row_group_size)
+    return [path]
+
+
+@pytest.fixture
+def tokenizer_json(prepared):
+    root, _recipe, _vm, tm = prepared
+    return tokenizer_dir(root, tm) / "tokenizer.json", load_tokenizer(root, tm)
+
+
+def test_chatml_texts_in_arrow_equal_the_template(tokenizer_json, records):
+    _, tok = tokenizer_json
+    rows = _rows(records)
+    messages = pa.Table.from_pylist(rows, schema=RECORDS).column("messages")
+    assert token_count.chatml_texts(messages) == render_batch(tok, [r["messages"] for r in rows])
+    assert token_count.chatml_texts(messages.slice(5, 3)) == render_batch(tok, [r["messages"] for r in rows[5:8]])
+
+
+def test_parallel_counts_equal_the_tokenizer(tmp_path, tokenizer_json, records):
+    path, tok = tokenizer_json
+    rows = _rows(records)
+    files = _table_files(tmp_path, rows)
+    counts, how = token_count.count_table(files, path, tok.chat_template, workers=2, min_rows=0)
+    assert counts is not None, how
+    assert "tiktoken on 2 processes" in how
+    assert counts.tolist() == count_tokens(tok, [r["messages"] for r in rows])
+
+
+def test_a_disagreeing_conversion_falls_back(tmp_path, tokenizer_json, records):
+    """A BPE without some of its merges (tokens it can no longer form, tiktoken still can): detected."""
+    path, tok = tokenizer_json
+    spec = json.loads(path.read_text())
+    spec["model"]["merges"] = spec["model"]["merges"][20:]
+    bad = tmp_path / "tok" / "tokenizer.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps(spec))
+    files = _table_files(tmp_path, _rows(records))
+    counts, how = token_count.count_table(files, bad, CHATML_TEMPLATE, workers=1, min_rows=0)
+    assert counts is None and "disagrees" in how and "row group 0" in how
+
+
+def test_what_does_not_qualify(tmp_path, tokenizer_json, records):
+    path, tok = tokenizer_json
+    files = _table_files(tmp_path, _rows(records))
+    assert token_count.count_table(files, path, tok.chat_template + "{# mine #}", min_rows=0) == \
+        (None, "the chat template is not Tuneline's ChatML")
+    assert token_count.count_table(files, path, tok.chat_template)[0] is None  # small: in-process
+    spec = json.loads(path.read_text())
+    for change, why in [({"normalizer": {"type": "NFC"}}, "normalizer"),
+                        ({"pre_tokenizer": {"type": "Whitespace"}}, "pre-tokenizer"),
+                        ({"model": {**spec["model"], "continuing_subword_prefix": "##"}}, "plain byte-level BPE")]:
+        other = tmp_path / why / "tokenizer.json"
+        other.parent.mkdir()
+        other.write_text(json.dumps({**spec, **change}))
+        params, reason = token_count.tiktoken_params(other)
+        assert params is None and why in reason
+    assert token_count.tiktoken_params(tmp_path / "missing.json")[0] is None
