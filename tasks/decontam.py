@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -173,11 +174,9 @@ def user_turns(records, row_offset: int = 0) -> pa.Table:
 
 # -- matching --------------------------------------------------------------------------
 def _normalised(text: pl.Expr) -> pl.Expr:
-    # Rust regex: \p{L}/\p{N} keep letters and digits of every script.
-    return (
-        text.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}\s]", " ")
-        .str.replace_all(r"\s+", " ").str.strip_chars()
-    )
+    """Lower case; every run of characters that are not letters or digits (of any script:
+    Rust regex \\p{L}/\\p{N}) becomes one space; ends stripped."""
+    return text.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars()
 
 
 def _words(frame: pl.DataFrame) -> pl.DataFrame:
@@ -189,39 +188,51 @@ def _words(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _position_multipliers(n: int) -> list[int]:
-    """n odd 64-bit constants (splitmix64 of the position): word j of a gram is multiplied by the j-th."""
-    out, x = [], 0x9E3779B97F4A7C15
-    for _ in range(n):
-        x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        z = x
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        out.append((z ^ (z >> 31)) | 1)
-    return out
+#: Base of the polynomial gram hash (odd, so invertible modulo 2**64) and its inverse.
+_BASE = np.uint64(0x9E3779B97F4A7C15)
+_BASE_INV = np.uint64(pow(int(_BASE), -1, 1 << 64))
+
+
+_POWERS: dict[int, np.ndarray] = {}
+
+
+def _powers(base: np.uint64, n: int) -> np.ndarray:
+    """base**k modulo 2**64 for k in 0..n-1 (kept and grown: cumprod over uint64 is slow)."""
+    have = _POWERS.get(int(base))
+    if have is None or len(have) < n:
+        size = max(n, 2 * len(have) if have is not None else 1 << 16)
+        steps = np.full(size, base, np.uint64)
+        steps[0] = 1
+        with np.errstate(over="ignore"):
+            have = _POWERS[int(base)] = np.cumprod(steps, dtype=np.uint64)
+    return have[:n]
+
+
+def _window_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
+    """For every run of n consecutive word hashes w[i..i+n-1]: sum_j w[i+j] * B**(n-1-j)
+    modulo 2**64, from one prefix sum (w[m] * B**-m summed, then times B**(i+n-1))."""
+    m = len(word_hashes)
+    if m < n:
+        return np.empty(0, np.uint64)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(m + 1, np.uint64)
+        np.cumsum(word_hashes * _powers(_BASE_INV, m), dtype=np.uint64, out=prefix[1:])
+        return (prefix[n:] - prefix[: m - n + 1]) * _powers(_BASE, m)[n - 1 :]
 
 
 def _grams(frame: pl.DataFrame, n: int, keys: list[str]) -> pl.DataFrame:
     """`keys` + `h`: a 64-bit hash of every run of n consecutive words of each text.
 
-    Each word is hashed once; a gram's hash is the wrapping sum of its words' hashes times
-    per-position odd constants, so no gram string is ever built (3x faster than hashing
-    concatenated strings). Words of one text are contiguous after explode, so a window
-    lies inside one text iff the word n-1 places on belongs to the same text.
+    Each word is hashed once (Polars); a gram's hash is a polynomial in its word hashes,
+    computed for all windows at once from a prefix sum (NumPy, wrapping uint64), so no gram
+    string is ever built. Words of one text are contiguous after explode, so a window lies
+    inside one text iff its last word belongs to the same text as its first.
     """
-    w = (
-        frame.with_row_index("_text").select("_text", *keys, pl.col("norm").str.split(" ").alias("w"))
-        .explode("w").with_columns(pl.col("w").hash(seed=0).alias("wh"))
-    )
-    terms = [pl.col("wh").shift(-j) * pl.lit(c, dtype=pl.UInt64) for j, c in enumerate(_position_multipliers(n))]
-    gram = terms[0]
-    for t in terms[1:]:
-        gram = gram + t
-    return (
-        w.with_columns(gram.alias("h"))
-        .filter(pl.col("_text").shift(-(n - 1)) == pl.col("_text"))
-        .select(*keys, "h")
-    )
+    w = frame.with_row_index("_text").select("_text", *keys, pl.col("norm").str.split(" ").alias("w")).explode("w")
+    h = _window_hashes(w["w"].hash(seed=0).to_numpy(), n)
+    text = w["_text"].to_numpy()
+    inside = text[n - 1 :] == text[: len(h)]
+    return w.select(keys).head(len(h)).filter(pl.Series(inside)).with_columns(h=pl.Series(h[inside]))
 
 
 def _hash_words(norm: pl.Expr) -> pl.Expr:

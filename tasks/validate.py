@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,7 +71,7 @@ import pyarrow.parquet as pq
 from tasks import decontam
 from tasks.config import Recipe, ValidateConfig
 from tasks.errors import GateFailed, RecipeError
-from tasks.langid import languages
+from tasks.langid import languages, languages_later
 from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
@@ -295,8 +296,15 @@ def _banned_regex(phrases: list[str]) -> str | None:
     return "(" + "|".join(re.escape(p) for p in phrases) + ")" if phrases else None
 
 
-def row_features(df: pl.DataFrame, cfg: ValidateConfig, tokenizer=None) -> pl.DataFrame:
-    """One row per record with the ROW_COLUMNS check columns (same order as `df`)."""
+def first_user_turns(df: pl.DataFrame) -> list[str | None]:
+    """Each record's first user turn (the text language ID reads); None without one."""
+    user = pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content")
+    return df.select(pl.col("messages").list.eval(user).list.first())["messages"].to_list()
+
+
+def row_features(df: pl.DataFrame, cfg: ValidateConfig, tokenizer=None, lang: list[str] | None = None) -> pl.DataFrame:
+    """One row per record with the ROW_COLUMNS check columns (same order as `df`); `lang`:
+    the languages of the records' first user turns when already detected."""
     turns = (
         df.select(pl.int_range(pl.len()).alias("i"), "messages")
         .explode("messages")
@@ -348,7 +356,8 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, tokenizer=None) -> pl.Da
             | choices.list.eval(pl.element().str.strip_chars()).list.contains(
                 pl.col("_target").str.extract(FINAL_ANSWER, 1).str.strip_chars()).fill_null(False)
         ).alias("target_in_choices"),
-        pl.Series("lang", languages(out["_user"].to_list(), cfg.lang_min_chars, cfg.lang_max_chars), dtype=pl.String)
+        pl.Series("lang", lang if lang is not None else
+                  languages(out["_user"].to_list(), cfg.lang_min_chars, cfg.lang_max_chars), dtype=pl.String)
         if cfg.lang_max_chars else df["lang"],
     )
     return out.select(list(ROW_COLUMNS) + ["_user"])
@@ -526,7 +535,12 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
     progress = Progress("validate")
     for batch in store.iter_batches(split_manifest, "records_train", batch_size=cfg.batch_rows):
         df = pl.from_arrow(pa.Table.from_batches([batch]))
-        feats = row_features(df, cfg, tokenizer)
+        # Language ID runs on the worker pool while this process matches every row's user
+        # turns against the evaluation prompts; matches on rejected rows are dropped below.
+        lang = languages_later(first_user_turns(df), cfg.lang_min_chars, cfg.lang_max_chars) \
+            if cfg.lang_max_chars else None
+        matches = matcher.match(decontam.user_turns(df))
+        feats = row_features(df, cfg, tokenizer, lang() if lang else None)
         masks = {e.name: unexpected_mask(e, feats, params) for e in row_exps}
         if ge_rows_left is None or ge_rows_left > 0:
             result = ge.validate("row", feats.drop("_user").to_pandas())
@@ -537,9 +551,8 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
             sample_frames.append(batch.slice(0, min(batch.num_rows, 2_000)))
             if ge_rows_left is not None:
                 ge_rows_left -= batch.num_rows
-        kept = _reject_rows(writer, df, feats, row_exps, masks, outcomes)
-        matches = matcher.match(decontam.user_turns(kept))
-        clean = _remove_contaminated(writer, kept, matches, per_bench)
+        kept, keep = _reject_rows(writer, df, feats, row_exps, masks, outcomes)
+        clean = _remove_contaminated(writer, kept, _on_kept(matches, keep), per_bench)
         if clean.height:
             writer.write("records_valid", RECORDS, clean.to_arrow())
         _count(per_source, df, kept, clean)
@@ -629,9 +642,10 @@ def _table_checks(files: list[Path], suite: Suite, outcomes: dict, active: set, 
 
 def _reject_rows(writer, df: pl.DataFrame, feats: pl.DataFrame, exps: list[Expectation],
                  masks: dict[str, pl.Series], outcomes: dict) -> pl.DataFrame:
-    """Write rows failing any row-level expectation to rejects; return the rest with `lang` set."""
+    """Write rows failing any row-level expectation to rejects; return (the rest with `lang`
+    set, a mask of the rows kept)."""
     if not exps:
-        return df.with_columns(feats["lang"])
+        return df.with_columns(feats["lang"]), np.ones(df.height, bool)
     f = feats.with_columns([masks[e.name].alias(f"_m{i}") for i, e in enumerate(exps)])
     for i, e in enumerate(exps):
         o = outcomes[e.name]
@@ -656,7 +670,16 @@ def _reject_rows(writer, df: pl.DataFrame, feats: pl.DataFrame, exps: list[Expec
             "source", "origin_file", "origin_row", "record_id", pl.lit(None, dtype=pl.String).alias("related_id"),
             pl.col("_user").str.slice(0, RAW_PREFIX_CHARS).alias("raw_prefix"),
         ).to_arrow())
-    return df.with_columns(feats["lang"]).filter(~bad)
+    return df.with_columns(feats["lang"]).filter(~bad), ~bad.to_numpy()
+
+
+def _on_kept(matches: pa.Table, keep: np.ndarray) -> pa.Table:
+    """Matches whose row was kept, `row_idx` renumbered from positions in the batch to
+    positions among the kept rows."""
+    rows = matches.column("row_idx").to_numpy()
+    hit = keep[rows]
+    new_idx = (np.cumsum(keep) - 1)[rows[hit]]
+    return matches.filter(pa.array(hit)).set_column(matches.schema.get_field_index("row_idx"), "row_idx", pa.array(new_idx, pa.int64()))
 
 
 def _remove_contaminated(writer, kept: pl.DataFrame, matches: pa.Table, per_bench: dict) -> pl.DataFrame:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from tasks.config import DecontaminationConfig, Recipe
+from tasks import decontam
 from tasks.decontam import PROMPTS, TURNS, Decontaminator, benchmark_prompts, check_benchmarks
 from tasks.errors import RecipeError
 from tasks.schema import RECORDS
@@ -223,3 +224,36 @@ def test_real_alpaca_eval_contains_all_80_vicuna_questions(tmp_path):
         assert alpaca[int(r["related_id"]) - 1]["dataset"] == "vicuna"
     s = out["stats"]
     assert s["rows_in"] == s["rows_out"] + s["rows_rejected"] and s["contaminated_by_benchmark"] == {"alpaca_eval": 80}
+
+
+def test_window_hashes_are_the_polynomial_of_each_window():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 2**64, 300, dtype=np.uint64)
+    base, mod = int(decontam._BASE), 1 << 64
+    for n in (1, 5, 13, 300):
+        expect = [sum(int(words[i + j]) * pow(base, n - 1 - j, mod) for j in range(n)) % mod for i in range(300 - n + 1)]
+        assert decontam._window_hashes(words, n).tolist() == expect
+    assert len(decontam._window_hashes(words[:4], 5)) == 0
+    # the cached powers grow past their first size and stay right
+    big = decontam._powers(decontam._BASE, 200_000)
+    assert int(big[150_000]) == pow(base, 150_000, mod)
+
+
+def test_rejected_rows_are_not_also_counted_contaminated(tmp_path):
+    """Matching runs on every row of a batch; a row a row-level expectation rejects is rejected
+    once, for that expectation, and the contaminated rows after it are still the right ones."""
+    rng = random.Random(2)
+    eval_rows = [rec([U(sentence(rng, 25)), A("a")], i=900 + k) for k in range(3)]
+    copy = lambda k, answer, i: rec([U(eval_rows[k]["messages"][0]["content"]), A(answer)], i=i)  # noqa: E731
+    train = good_rows(4) + [copy(0, "", 950), copy(1, "fine answer", 951)] + good_rows(3, start=10) + \
+        [copy(2, "another fine answer", 952)]
+    store = ArtifactStore(tmp_path / "art")
+    m = split_manifest(store, train, eval_rows)
+    out = validate(str(store.root), {"sources": [{"name": "src", "format": "dolly", "path": "x"}],
+                                     "base_dir": str(tmp_path), "validate": {"suite": str(SUITE)}}, m)
+    rejects = {r["record_id"]: r["reason"] for r in store.read(out, "rejects").to_pylist()}
+    assert rejects == {train[4]["record_id"]: "non_empty_turns", train[5]["record_id"]: "contaminated",
+                       train[9]["record_id"]: "contaminated"}
+    assert out["stats"]["rows_contaminated"] == 2 and out["stats"]["rows_out"] == len(train) - 3
