@@ -104,6 +104,10 @@ def temporary_server_class():
             env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
                    "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1", "PREFECT_UI_ENABLED": "1",
                    "PREFECT_UI_API_URL": self.api_url}
+            # Its telemetry heartbeat writes to the fresh SQLite database while the server
+            # migrates it ("database is locked" tracebacks at start); a per-run server on an
+            # offline machine has nothing to report. A user's own setting wins.
+            env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
             return subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--factory", "flows.prefect_server:create_app", "--host", "127.0.0.1",
                  "--port", str(self.port), "--log-level", "error", "--lifespan", "on"], env=env)

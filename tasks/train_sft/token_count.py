@@ -139,7 +139,7 @@ def count_table(paths: list[Path], tokenizer_json: str | Path, chat_template: st
         return None, why
     units = [(str(p), g) for p in paths for g in range(pq.ParquetFile(p).num_row_groups)]
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
-    if rows < (PARALLEL_MIN if min_rows is None else min_rows):
+    if rows < (PARALLEL_MIN if min_rows is None else min_rows) or not units:
         return None, f"{rows:,} rows: counted in-process"
     workers = workers or os.cpu_count() or 1
     ctx = multiprocessing.get_context("spawn")  # no forked copy of a tokenizer's thread pool
