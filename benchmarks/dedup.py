@@ -151,8 +151,7 @@ def truth_pairs(convs: list[dict], root: str, n: int, seed: int, max_pairs: int 
             take = need[(need >= pos) & (need < pos + batch.num_rows)]
             if len(take):
                 sub = batch.take(take - pos)
-                texts = [mh.normalise(t) for t in mh.project(sub.column("messages"), "conversation")]
-                h, c = mh.shingle_hashes(texts, ["word"] * len(texts), 5)
+                h, c = mh.shingle_hashes(mh.normalise_batch(sub.column("messages"), "conversation"), 5)
                 ends = np.cumsum(c)
                 for g, rid, e, k in zip(take, sub.column("record_id").to_pylist(), ends, c):
                     sets[int(g)], ids[int(g)] = np.unique(h[e - k : e]), rid

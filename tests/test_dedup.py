@@ -95,11 +95,33 @@ def test_signatures_bit_identical_to_datasketch(tmp_path):
     assert table[60]["unit"] == "char" and table[60]["n_shingles"] > 0
 
 
+@pytest.mark.parametrize("mode", ["word", "char"])
+def test_batch_normalisation_and_shingles_equal_the_scalar_definitions(mode):
+    """The compiled batch path (ASCII in the loop, the rest through Python) against
+    normalise / choose_unit / exact_key / shingle_hash one text at a time."""
+    rng = random.Random(3)
+    pieces = ["Word", "UPPER", "x", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "~",
+              "é", "ＦＵＬＬ", "ß", "İ", "\u00a0", "\u2003", "中文字", "ﬁ", "!", "7", "🙂", "ไทย"]
+    texts = ["", " ", "\t\n", "plain ascii", " Lead and TRAIL \x1e", None, "a b c d e f g"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))) for _ in range(600)]
+    arr = pa.array(texts, pa.string())
+    for batch, rows in [(arr, texts), (arr.slice(100, 250), texts[100:350])]:
+        norm = mh.normalise_texts(batch, mode)
+        ref = [mh.normalise(t or "") for t in rows]
+        assert [norm.text(i) for i in range(len(norm))] == ref
+        assert norm.units() == [mh.choose_unit(t, mode) for t in ref]
+        assert norm.exact_keys() == [mh.exact_key(t) for t in ref]
+        for k in (1, 3, 5):
+            flat, counts = mh.shingle_hashes(norm, k)
+            shingles = [mh.shingles_of(t, u, k) for t, u in zip(ref, norm.units())]
+            assert counts.tolist() == [len(s) for s in shingles]
+            assert flat.tolist() == [mh.shingle_hash(s) for ss in shingles for s in ss]
+
+
 def test_vectorised_hash_equals_scalar_definition():
     rng = random.Random(1)
     texts = [mh.normalise(" ".join(words(rng, rng.randint(0, 20)))) for _ in range(50)]
-    units = ["word"] * len(texts)
-    flat, counts = mh.shingle_hashes(texts, units, 3)
+    flat, counts = mh.shingle_hashes(mh.normalise_texts(pa.array(texts)), 3)
     expect = [mh.shingle_hash(s) for t in texts for s in mh.shingles_of(t, "word", 3)]
     assert flat.tolist() == expect
     assert counts.tolist() == [max(len(t.split()) - 2, 0) if t else 0 for t in texts]

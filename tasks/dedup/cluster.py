@@ -6,6 +6,9 @@ streamed once shard by shard to write the kept rows.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -198,9 +201,8 @@ class Verifier:
             take = rows[(rows >= pos) & (rows < pos + batch.num_rows)]
             if len(take):
                 msgs = batch.column(0).take(pa.array(take - pos))
-                texts = [mh.normalise(t) for t in mh.project(msgs, cfg.projection)]
-                units = [mh.choose_unit(t, cfg.shingle) for t in texts]
-                hashes, counts = mh.shingle_hashes(texts, units, cfg.shingle_size)
+                hashes, counts = mh.shingle_hashes(mh.normalise_batch(msgs, cfg.projection, cfg.shingle),
+                                                   cfg.shingle_size)
                 ends = np.cumsum(counts)
                 for r, e, c in zip(take, ends, counts):
                     self.data[int(base + r)] = np.unique(hashes[e - c : e])
@@ -289,14 +291,24 @@ def _report(per_source: pl.DataFrame, stats: dict) -> str:
 
 
 def _write_outputs(writer, store, shards, offsets, removed, related, reason, sim, meta) -> None:
-    """Stream every shard once: kept rows to `records_dedup`, removed rows to `rejects`."""
+    """Stream every shard once: kept rows to `records_dedup`, removed rows to `rejects`.
+
+    Shards are written by one thread per core, each into its own group of parts (Parquet
+    decoding, filtering and encoding run without the GIL); the manifest lists the groups in
+    shard order, so the tables read back in the same order as the shards."""
     record_ids = meta["record_id"]
-    for shard, (conv, _) in enumerate(shards):
+    for shard in range(len(shards)):  # created here: threads only write
+        writer.table("records_dedup", RECORDS, group=shard)
+        writer.table("rejects", REJECTS, group=shard)
+
+    def write_shard(shard: int) -> None:
+        conv = shards[shard][0]
+        kept_out, rejects_out = writer.table("records_dedup", RECORDS, group=shard), writer.table("rejects", REJECTS, group=shard)
         pos = int(offsets[shard])
         for batch in store.iter_batches(conv, "records"):
             n = batch.num_rows
             gone = removed[pos : pos + n]
-            writer.write("records_dedup", RECORDS, batch.filter(pa.array(~gone)))
+            kept_out.write(batch.filter(pa.array(~gone)))
             rows = np.flatnonzero(gone)
             if len(rows):
                 sub = batch.take(pa.array(rows))
@@ -312,10 +324,14 @@ def _write_outputs(writer, store, shards, offsets, removed, related, reason, sim
                         record_id=sub.column("record_id")[k].as_py(), related_id=rel[k],
                         detail=f"jaccard {sim[g]:.3f} to kept record", raw=prefix[k],
                     ))
-                writer.write("rejects", REJECTS, out)
+                rejects_out.write(out)
             pos += n
-    writer.table("records_dedup", RECORDS)
-    writer.table("rejects", REJECTS)
+
+    with ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1) or 1) as pool:
+        list(pool.map(write_shard, range(len(shards))))
+    if not shards:
+        writer.table("records_dedup", RECORDS)
+        writer.table("rejects", REJECTS)
 
 
 def _pass_through(writer, store, shards) -> None:

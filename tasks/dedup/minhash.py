@@ -1,6 +1,8 @@
-"""Text projection, normalisation, shingle hashing and batch-vectorised MinHash.
+"""Text projection, normalisation, shingle hashing and MinHash: the scalar definitions below
+(the tests hold datasketch and the batch versions to them) and the batch versions, which run
+compiled loops over a batch's bytes (`kernels.py`).
 
-Definitions (the tests hold datasketch to them):
+Definitions:
 
 * **Normalised text**: Unicode NFKC, then `str.casefold()`, then every run of
   whitespace folded to one space and the ends stripped.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -37,11 +40,7 @@ _NO_SPACE_SCRIPT = re.compile(
     "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
 )
 NO_SPACE_SHARE = 0.3
-FNV_OFFSET = np.uint32(0x811C9DC5)
-FNV_PRIME = np.uint32(0x01000193)
 _M32 = 0xFFFFFFFF
-#: Shingles per MinHash chunk: 512 KB of uint32, so the working set stays in cache.
-CHUNK_SHINGLES = 131_072
 
 PROJECTION_ROLES = {
     "prompt": ("user",),
@@ -51,7 +50,7 @@ PROJECTION_ROLES = {
 
 
 # -- projection and normalisation ---------------------------------------------------
-def project(messages: pa.Array, projection: str) -> list[str]:
+def project_arrow(messages: pa.Array, projection: str) -> pa.Array:
     """The projected text of every record: the chosen turns' contents joined by newlines."""
     messages = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
     n = len(messages)
@@ -67,8 +66,11 @@ def project(messages: pa.Array, projection: str) -> list[str]:
         parent = parent[mask]
     new_offsets = np.searchsorted(parent, np.arange(n + 1)).astype(np.int32)
     lists = pa.ListArray.from_arrays(pa.array(new_offsets), content)
-    joined = pc.binary_join(lists, "\n")
-    return joined.to_pylist()
+    return pc.binary_join(lists, "\n")
+
+
+def project(messages: pa.Array, projection: str) -> list[str]:
+    return project_arrow(messages, projection).to_pylist()
 
 
 def normalise(text: str) -> str:
@@ -114,79 +116,64 @@ def shingles_of(normalised: str, unit: str, k: int) -> list[tuple[str, ...]]:
     return [tuple(units[i : i + k]) for i in range(len(units) - k + 1)]
 
 
-# -- vectorised shingle hashing -----------------------------------------------------
-def _fold(unit_hashes: np.ndarray, k: int) -> np.ndarray:
-    """FNV-1a fold of every window of k consecutive unit hashes (len n-k+1)."""
-    n = len(unit_hashes) - k + 1
-    if n <= 0:
-        return np.empty(0, np.uint32)
-    acc = np.full(n, FNV_OFFSET, np.uint32)
-    for i in range(k):
-        np.bitwise_xor(acc, unit_hashes[i : i + n], out=acc)
-        np.multiply(acc, FNV_PRIME, out=acc)
-    return acc
+# -- a batch at once (tasks/dedup/kernels.py) ------------------------------------------
+@dataclass
+class Normalised:
+    """A batch of normalised texts as one UTF-8 buffer: text i is data[offsets[i]:offsets[i+1]]."""
+
+    data: np.ndarray  # uint8
+    offsets: np.ndarray  # int64, len n + 1
+    by_char: np.ndarray  # bool: shingled by characters (see choose_unit)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def text(self, i: int) -> str:
+        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+
+    def exact_keys(self) -> list[str | None]:
+        """`exact_key` of every text, hashed straight from the buffer."""
+        view, off = memoryview(self.data), self.offsets.tolist()
+        return [xxhash.xxh3_128_hexdigest(view[a:b]) if b > a else None for a, b in zip(off, off[1:])]
+
+    def units(self) -> list[str]:
+        return np.where(self.by_char, "char", "word").tolist()
 
 
-def hash_units(units: pa.Array) -> np.ndarray:
-    """xxh32 of every string in an Arrow string array; each distinct string hashed once."""
-    if len(units) == 0:
-        return np.empty(0, np.uint32)
-    enc = pc.dictionary_encode(units)
-    enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
-    uniq = np.fromiter(
-        (xxhash.xxh32_intdigest(s.encode("utf-8")) for s in enc.dictionary.to_pylist()),
-        dtype=np.uint32,
-        count=len(enc.dictionary),
-    )
-    return uniq[np.asarray(enc.indices)]
+def normalise_texts(texts: pa.Array, shingle: str = "word") -> Normalised:
+    """`normalise` and `choose_unit` of every text of an Arrow string array. ASCII texts (the
+    common case) are normalised by a compiled loop over their bytes; the others in Python."""
+    from tasks.dedup import kernels
 
-
-def shingle_hashes(texts: list[str], units: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shingle hashes of a batch of normalised texts, flat in text order, with per-text counts.
-
-    Word-unit texts are tokenised and hashed in Arrow/NumPy over the whole batch;
-    the few character-unit texts are hashed one by one.
-    """
+    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    texts = pc.fill_null(texts.cast(pa.large_string()), "")
     n = len(texts)
-    counts = np.zeros(n, np.int64)
-    word_idx = np.array([i for i in range(n) if units[i] == "word" and texts[i]], np.int64)
-    char_idx = [i for i in range(n) if units[i] == "char" and texts[i]]
-    word_flat = np.empty(0, np.uint32)
-    if len(word_idx):
-        tokens = pc.split_pattern(pa.array([texts[i] for i in word_idx], pa.large_string()), " ")
-        lengths = np.diff(np.asarray(tokens.offsets))
-        folded = _fold(hash_units(tokens.flatten()), k)
-        n_sh = np.maximum(lengths - k + 1, 0)
-        # Windows that start in one text and end in the next are dropped.
-        word_flat = folded[_ranges(np.cumsum(lengths) - lengths, n_sh)]
-        counts[word_idx] = n_sh
-    char_parts = {}
-    for i in char_idx:
-        chars = [c for c in texts[i] if c != " "]
-        char_parts[i] = _fold(np.fromiter((unit_hash(c) for c in chars), np.uint32, count=len(chars)), k)
-        counts[i] = len(char_parts[i])
-    if not char_parts:
-        return word_flat, counts
-    out = np.empty(int(counts.sum()), np.uint32)
-    out_starts = np.cumsum(counts) - counts
-    out[_ranges(out_starts[word_idx], counts[word_idx])] = word_flat
-    for i, hs in char_parts.items():
-        out[out_starts[i] : out_starts[i] + len(hs)] = hs
-    return out, counts
+    is_ascii = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False).astype(bool)
+    others = [normalise(texts[int(i)].as_py()) for i in np.flatnonzero(~is_ascii)]
+    encoded = [t.encode("utf-8") for t in others]
+    repl_offsets = np.zeros(len(encoded) + 1, np.int64)
+    repl_offsets[1:] = np.cumsum([len(e) for e in encoded])
+    offsets_buf, data_buf = texts.buffers()[1], texts.buffers()[2]
+    offsets = np.frombuffer(offsets_buf, np.int64)[texts.offset : texts.offset + n + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
+    out, out_offsets = kernels.normalise_ascii(data, offsets, is_ascii, np.frombuffer(b"".join(encoded) or b"\0", np.uint8),
+                                               repl_offsets)
+    by_char = np.full(n, shingle == "char")
+    if shingle != "char":
+        by_char[~is_ascii] = [choose_unit(t, shingle) == "char" for t in others]
+    return Normalised(out, out_offsets, by_char)
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s+l) for every (s, l), vectorised."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.empty(0, np.int64)
-    nz = lengths > 0
-    s, l = starts[nz], lengths[nz]
-    out = np.ones(total, np.int64)
-    ends = np.cumsum(l)
-    out[0] = s[0]
-    out[ends[:-1]] = s[1:] - (s[:-1] + l[:-1] - 1)
-    return np.cumsum(out)
+def normalise_batch(messages: pa.Array, projection: str, shingle: str = "word") -> Normalised:
+    return normalise_texts(project_arrow(messages, projection), shingle)
+
+
+def shingle_hashes(texts: Normalised, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint32 shingle hashes in text order, shingles per text): `shingle_hash` of every
+    shingle of every text, by a compiled loop over the batch's bytes."""
+    from tasks.dedup import kernels
+
+    return kernels.shingle_hashes(texts.data, texts.offsets, texts.by_char, k)
 
 
 # -- MinHash ------------------------------------------------------------------------
@@ -199,43 +186,13 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer (datasketch's pre-mix), uint32 wrap-around."""
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
 def minhash_batch(hashes: np.ndarray, counts: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
     """Signatures (len(counts) x num_perm uint32) of a batch; rows of texts without
     shingles are all 0xFFFFFFFF (datasketch's empty MinHash)."""
+    from tasks.dedup import kernels
+
     a, b = permutations(num_perm, seed)
-    sig = np.full((len(counts), num_perm), np.uint32(_M32), np.uint32)
-    docs = np.flatnonzero(counts > 0)
-    if len(docs) == 0:
-        return sig
-    x = fmix32(hashes.astype(np.uint32, copy=False))
-    ends = np.cumsum(counts[docs])
-    starts = ends - counts[docs]
-    # One permutation at a time over a cache-sized run of whole documents: three
-    # vector passes (multiply, add, segment-min) per permutation, no 2-D block.
-    d0 = 0
-    while d0 < len(docs):
-        lo = starts[d0]
-        d1 = max(int(np.searchsorted(ends, lo + CHUNK_SHINGLES, side="right")), d0 + 1)
-        xs = x[lo : ends[d1 - 1]]
-        buf = np.empty_like(xs)
-        seg = starts[d0:d1] - lo
-        out = np.empty((num_perm, d1 - d0), np.uint32)
-        for k in range(num_perm):
-            np.multiply(xs, a[k], out=buf)
-            buf += b[k]
-            np.minimum.reduceat(buf, seg, out=out[k])
-        sig[docs[d0:d1]] = out.T
-        d0 = d1
-    return sig
+    return kernels.minhash(hashes.astype(np.uint32, copy=False), counts.astype(np.int64, copy=False), a, b)
 
 
 # -- LSH bands ------------------------------------------------------------------------

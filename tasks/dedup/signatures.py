@@ -52,10 +52,9 @@ def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int
     """Signature rows of one batch of records (vectorised over the batch)."""
     n = batch.num_rows
     if cfg.enabled:
-        texts = [mh.normalise(t) for t in mh.project(batch.column("messages"), cfg.projection)]
-        keys = [mh.exact_key(t) for t in texts]
-        units = [mh.choose_unit(t, cfg.shingle) for t in texts]
-        hashes, counts = mh.shingle_hashes(texts, units, cfg.shingle_size)
+        texts = mh.normalise_batch(batch.column("messages"), cfg.projection, cfg.shingle)
+        keys, units = texts.exact_keys(), texts.units()
+        hashes, counts = mh.shingle_hashes(texts, cfg.shingle_size)
         sig = mh.minhash_batch(hashes, counts, cfg.num_perm, cfg.seed)
         bkeys = mh.band_keys(sig, bands, rows)
     else:  # pass-through: nothing is compared, so nothing is computed
