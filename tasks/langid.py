@@ -1,9 +1,10 @@
 """Language identification of user turns (py3langid), on every core for large batches.
 
 py3langid classifies one text at a time in Python (about 40 us for 160 characters: 49 s of
-one core for a million user turns), the slowest row-level check at a million rows. Distinct texts are classified once;
-from `PARALLEL_MIN` distinct texts on, chunks go to a pool of spawned worker processes (this
-module is all they import), one per core, kept for the life of the process.
+one core for a million user turns), the slowest row-level check at a million rows.
+Distinct texts are classified once; from `PARALLEL_MIN` distinct texts on, chunks go to a
+pool of spawned worker processes (this module is all they import), one per core, kept for
+the life of the process.
 """
 from __future__ import annotations
 

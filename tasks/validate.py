@@ -71,7 +71,7 @@ import pyarrow.parquet as pq
 from tasks import decontam
 from tasks.config import Recipe, ValidateConfig
 from tasks.errors import GateFailed, RecipeError
-from tasks.langid import languages, languages_later
+from tasks.langid import languages_later
 from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
@@ -297,14 +297,17 @@ def _banned_regex(phrases: list[str]) -> str | None:
 
 
 def first_user_turns(df: pl.DataFrame) -> list[str | None]:
-    """Each record's first user turn (the text language ID reads); None without one."""
-    user = pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content")
+    """Each record's first user turn (a null content as ""); None without one."""
+    user = pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content").fill_null("")
     return df.select(pl.col("messages").list.eval(user).list.first())["messages"].to_list()
 
 
-def row_features(df: pl.DataFrame, cfg: ValidateConfig, tokenizer=None, lang: list[str] | None = None) -> pl.DataFrame:
-    """One row per record with the ROW_COLUMNS check columns (same order as `df`); `lang`:
-    the languages of the records' first user turns when already detected."""
+def row_features(df: pl.DataFrame, cfg: ValidateConfig, user: list[str | None], lang: list[str] | None,
+                 tokenizer=None) -> pl.DataFrame:
+    """One row per record with the ROW_COLUMNS check columns (same order as `df`), plus `_user`.
+
+    `user`: the records' first user turns (`first_user_turns`); `lang`: their languages, or
+    None to keep the records' own `lang` (detection switched off)."""
     turns = (
         df.select(pl.int_range(pl.len()).alias("i"), "messages")
         .explode("messages")
@@ -339,7 +342,6 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, tokenizer=None, lang: li
         pl.col("leftover").drop_nulls().first().alias("template_leftover"),
         pl.col("banned").drop_nulls().first().alias("banned_phrase"),
         pl.col("content").filter(pl.col("role") == "assistant").last().alias("_target"),
-        pl.col("content").filter(pl.col("role") == "user").first().alias("_user"),
     )
     base = df.select("record_id", "source", "answer_choices").with_row_index("i").with_columns(pl.col("i").cast(pl.Int64))
     out = base.join(agg.with_columns(pl.col("i").cast(pl.Int64)), on="i", how="left", maintain_order="left")
@@ -356,9 +358,8 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, tokenizer=None, lang: li
             | choices.list.eval(pl.element().str.strip_chars()).list.contains(
                 pl.col("_target").str.extract(FINAL_ANSWER, 1).str.strip_chars()).fill_null(False)
         ).alias("target_in_choices"),
-        pl.Series("lang", lang if lang is not None else
-                  languages(out["_user"].to_list(), cfg.lang_min_chars, cfg.lang_max_chars), dtype=pl.String)
-        if cfg.lang_max_chars else df["lang"],
+        pl.Series("lang", lang, dtype=pl.String) if lang is not None else df["lang"],
+        pl.Series("_user", user, dtype=pl.String),
     )
     return out.select(list(ROW_COLUMNS) + ["_user"])
 
@@ -537,10 +538,10 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
         df = pl.from_arrow(pa.Table.from_batches([batch]))
         # Language ID runs on the worker pool while this process matches every row's user
         # turns against the evaluation prompts; matches on rejected rows are dropped below.
-        lang = languages_later(first_user_turns(df), cfg.lang_min_chars, cfg.lang_max_chars) \
-            if cfg.lang_max_chars else None
+        user = first_user_turns(df)
+        lang = languages_later(user, cfg.lang_min_chars, cfg.lang_max_chars) if cfg.lang_max_chars else None
         matches = matcher.match(decontam.user_turns(df))
-        feats = row_features(df, cfg, tokenizer, lang() if lang else None)
+        feats = row_features(df, cfg, user, lang() if lang else None, tokenizer)
         masks = {e.name: unexpected_mask(e, feats, params) for e in row_exps}
         if ge_rows_left is None or ge_rows_left > 0:
             result = ge.validate("row", feats.drop("_user").to_pandas())
@@ -641,7 +642,7 @@ def _table_checks(files: list[Path], suite: Suite, outcomes: dict, active: set, 
 
 
 def _reject_rows(writer, df: pl.DataFrame, feats: pl.DataFrame, exps: list[Expectation],
-                 masks: dict[str, pl.Series], outcomes: dict) -> pl.DataFrame:
+                 masks: dict[str, pl.Series], outcomes: dict) -> tuple[pl.DataFrame, np.ndarray]:
     """Write rows failing any row-level expectation to rejects; return (the rest with `lang`
     set, a mask of the rows kept)."""
     if not exps:
@@ -679,7 +680,8 @@ def _on_kept(matches: pa.Table, keep: np.ndarray) -> pa.Table:
     rows = matches.column("row_idx").to_numpy()
     hit = keep[rows]
     new_idx = (np.cumsum(keep) - 1)[rows[hit]]
-    return matches.filter(pa.array(hit)).set_column(matches.schema.get_field_index("row_idx"), "row_idx", pa.array(new_idx, pa.int64()))
+    column = matches.schema.get_field_index("row_idx")
+    return matches.filter(pa.array(hit)).set_column(column, "row_idx", pa.array(new_idx, pa.int64()))
 
 
 def _remove_contaminated(writer, kept: pl.DataFrame, matches: pa.Table, per_bench: dict) -> pl.DataFrame:

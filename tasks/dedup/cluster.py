@@ -297,13 +297,11 @@ def _write_outputs(writer, store, shards, offsets, removed, related, reason, sim
     decoding, filtering and encoding run without the GIL); the manifest lists the groups in
     shard order, so the tables read back in the same order as the shards."""
     record_ids = meta["record_id"]
-    for shard in range(len(shards)):  # created here: threads only write
-        writer.table("records_dedup", RECORDS, group=shard)
-        writer.table("rejects", REJECTS, group=shard)
+    outputs = [(writer.table("records_dedup", RECORDS, group=shard), writer.table("rejects", REJECTS, group=shard))
+               for shard in range(len(shards))]  # created here: the threads only write
 
     def write_shard(shard: int) -> None:
-        conv = shards[shard][0]
-        kept_out, rejects_out = writer.table("records_dedup", RECORDS, group=shard), writer.table("rejects", REJECTS, group=shard)
+        conv, (kept_out, rejects_out) = shards[shard][0], outputs[shard]
         pos = int(offsets[shard])
         for batch in store.iter_batches(conv, "records"):
             n = batch.num_rows
@@ -327,11 +325,8 @@ def _write_outputs(writer, store, shards, offsets, removed, related, reason, sim
                 rejects_out.write(out)
             pos += n
 
-    with ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1) or 1) as pool:
+    with ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1)) as pool:  # _run passes 1+ shards
         list(pool.map(write_shard, range(len(shards))))
-    if not shards:
-        writer.table("records_dedup", RECORDS)
-        writer.table("rejects", REJECTS)
 
 
 def _pass_through(writer, store, shards) -> None:

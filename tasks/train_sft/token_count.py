@@ -137,8 +137,9 @@ def count_table(paths: list[Path], tokenizer_json: str | Path, chat_template: st
     params, why = tiktoken_params(tokenizer_json)
     if params is None:
         return None, why
-    units = [(str(p), g) for p in paths for g in range(pq.ParquetFile(p).num_row_groups)]
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    files = {str(p): pq.ParquetFile(p).metadata for p in paths}
+    units = [(p, g) for p, meta in files.items() for g in range(meta.num_row_groups)]
+    rows = sum(meta.num_rows for meta in files.values())
     if rows < (PARALLEL_MIN if min_rows is None else min_rows) or not units:
         return None, f"{rows:,} rows: counted in-process"
     workers = workers or os.cpu_count() or 1

@@ -15,6 +15,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from tasks.config import Recipe, TrainConfig
 from tasks.errors import RecipeError
 from tasks.step import input_ref, logger, run_step
@@ -59,9 +62,6 @@ def stage1_sources(recipe: Recipe) -> list[str] | None:
 def _texts(store: ArtifactStore, manifest: dict, sources: list[str] | None):
     """Message contents of the validated records (joined by newlines per conversation),
     restricted to `sources`, up to MAX_TRAIN_CHARS."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     seen = 0
     for batch in store.iter_batches(manifest, "records_valid", columns=["source", "messages"], batch_size=8192):
         if sources is not None:
