@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from tasks.config import Recipe, SplitConfig
+from tasks.dedup import survivors
 from tasks.schema import RECORDS, REJECTS
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore
@@ -59,7 +60,7 @@ def group_hashes(seed: int, batch: pa.RecordBatch | pa.Table) -> tuple[list[tupl
 def _row_cutoffs(store: ArtifactStore, manifest: dict, cfg: SplitConfig) -> dict[tuple[str, str], int]:
     """eval_rows mode: per (source, task), the hash below which a group is held out."""
     groups: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for batch in store.iter_batches(manifest, "records_dedup", columns=_KEY_COLUMNS):
+    for batch in survivors(store, manifest, _KEY_COLUMNS):
         keys, hashes = group_hashes(cfg.seed, batch)
         for key, h in zip(keys, hashes.tolist()):
             groups[key][h] += 1  # rows per group (a group's rows share its hash)
@@ -92,7 +93,7 @@ def _markdown(counts: dict[tuple[str, str], list[int]]) -> str:
 
 
 def split(root: str, recipe: dict, dedup_manifest: dict) -> dict:
-    """Step `split`: `records_dedup` -> `records_train` + `records_eval` (+ an empty `rejects`)."""
+    """Step `split`: the records dedup kept -> `records_train` + `records_eval` (+ an empty `rejects`)."""
     cfg = Recipe.model_validate(recipe).split
     store = ArtifactStore(root)
 
@@ -104,7 +105,7 @@ def split(root: str, recipe: dict, dedup_manifest: dict) -> dict:
         writer.table("records_eval", RECORDS)
         writer.write("rejects", REJECTS, [])
         progress = Progress("split")
-        for batch in store.iter_batches(dedup_manifest, "records_dedup"):
+        for batch in survivors(store, dedup_manifest):
             keys, hashes = group_hashes(cfg.seed, batch)
             if cutoffs is None:
                 held = hashes < np.uint64(fraction_cutoff) if fraction_cutoff < _FULL else np.ones(len(keys), bool)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -131,6 +132,7 @@ class _TableWriter:
     name: str
     schema: pa.Schema
     part_rows: int
+    use_dictionary: bool | list[str] = True
     parts: list[dict] = field(default_factory=list)
     _writer: pq.ParquetWriter | None = None
     _tmp: Path | None = None
@@ -157,7 +159,7 @@ class _TableWriter:
     def _open(self) -> None:
         self._final = self.directory / f"{self.name}-{len(self.parts):05d}.parquet"
         self._tmp = self.directory / f".{self._final.name}.tmp"
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd", use_dictionary=self.use_dictionary)
         self._rows = 0
 
     def _close_part(self) -> None:
@@ -205,15 +207,18 @@ class StepWriter:
         self._tables: dict[tuple[str, int], _TableWriter] = {}
         self.stats: dict[str, Any] = {}
 
-    def table(self, name: str, schema: pa.Schema, part_rows: int = PART_ROWS, group: int | None = None) -> _TableWriter:
+    def table(self, name: str, schema: pa.Schema, part_rows: int = PART_ROWS, group: int | None = None,
+              use_dictionary: bool | list[str] = True) -> _TableWriter:
         """The writer of a table. With `group`, a separate run of parts (files
         `<name>-g<group>-<n>.parquet`) that another thread can write at the same time; the
-        manifest lists a table's parts group by group, the ungrouped ones first."""
+        manifest lists a table's parts group by group, the ungrouped ones first.
+        `use_dictionary`: the columns to dictionary-encode (all by default); columns of
+        random hashes, which a dictionary cannot shrink, write several times faster without."""
         safe_name(name, "table name")
         key = (name, -1 if group is None else group)
         if key not in self._tables:
             prefix = name if group is None else f"{name}-g{group:04d}"
-            self._tables[key] = _TableWriter(self.dir, prefix, schema, part_rows)
+            self._tables[key] = _TableWriter(self.dir, prefix, schema, part_rows, use_dictionary)
         return self._tables[key]
 
     def write(self, name: str, schema: pa.Schema, data) -> None:
@@ -315,6 +320,29 @@ class ArtifactStore:
             manifests = [manifests]
         files = [str(p) for m in manifests for p in self.paths(m, table)]
         return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else None
+
+    def take(self, manifest: dict, table: str, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """The rows `rows` (sorted row numbers over the table's parts, in manifest order) of a
+        table, reading only the row groups that hold them."""
+        rows = np.asarray(rows, np.int64)
+        paths = self.paths(manifest, table)
+        if not paths:
+            raise TunelineError(f"{manifest['dir']} has no table {table}")
+        out, base = [], 0
+        for path in paths:
+            f = pq.ParquetFile(path)
+            for g in range(f.metadata.num_row_groups):
+                n = f.metadata.row_group(g).num_rows
+                lo, hi = np.searchsorted(rows, [base, base + n])
+                if hi > lo:
+                    out.append(f.read_row_group(g, columns=columns).take(pa.array(rows[lo:hi] - base)))
+                base += n
+        if len(rows) and (rows[0] < 0 or rows[-1] >= base):
+            raise TunelineError(f"{manifest['dir']}/{table} has {base} rows; asked for rows {rows[0]}..{rows[-1]}")
+        if not out:
+            schema = pq.read_schema(paths[0])
+            return schema.empty_table().select(columns) if columns is not None else schema.empty_table()
+        return pa.concat_tables(out)
 
     def iter_batches(
         self, manifests: dict | Iterable[dict], table: str, columns: list[str] | None = None, batch_size: int = 65_536

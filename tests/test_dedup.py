@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 from datasketch import MinHash
 
-from tasks.dedup import dedup, minhash as mh, signatures
+from tasks.dedup import dedup, minhash as mh, signatures, survivors
+from tasks.errors import TunelineError
 from tasks.schema import RECORDS, record_id
 from tasks.store import ArtifactStore
 
@@ -49,7 +50,8 @@ def run(tmp_path, shards, **kw):
     rd = recipe(**kw)
     sigs = [signatures(str(tmp_path), rd, c) for c in convs]
     m = dedup(str(tmp_path), rd, convs, sigs)
-    tables = {t: store.read(m, t).to_pylist() for t in ("records_dedup", "dedup_clusters", "rejects")}
+    tables = {t: store.read(m, t).to_pylist() for t in ("dedup_removed", "dedup_clusters", "rejects")}
+    tables["kept"] = [r for batch in survivors(store, m) for r in batch.to_pylist()]
     return m, tables
 
 
@@ -60,7 +62,7 @@ def words(rng, n, vocab=None):
 
 
 def kept_ids(tables):
-    return {r["record_id"] for r in tables["records_dedup"]}
+    return {r["record_id"] for r in tables["kept"]}
 
 
 # -- signatures ---------------------------------------------------------------------------
@@ -91,6 +93,7 @@ def test_signatures_bit_identical_to_datasketch(tmp_path):
             compared += 1
         else:
             assert sig["signature"] is None and sig["band_keys"] is None
+        assert sig["shingles"] == [mh.shingle_hash(s) for s in shingles]  # what exact verification reads
     assert compared > 50
     assert table[60]["unit"] == "char" and table[60]["n_shingles"] > 0
 
@@ -304,7 +307,7 @@ def test_rows_in_equals_out_plus_rejected_and_lineage(tmp_path):
     m, t = run(tmp_path, [rows[:100], rows[100:]])
     s = m["stats"]
     assert s["rows_in"] == len(rows) == s["rows_out"] + s["rows_rejected"]
-    assert len(t["records_dedup"]) == s["rows_out"] and len(t["rejects"]) == s["rows_rejected"]
+    assert len(t["kept"]) == s["rows_out"] and len(t["rejects"]) == s["rows_rejected"]
     assert s["rows_rejected"] == s["exact_removed"] + s["near_removed"] > 0
     not_kept = [c for c in t["dedup_clusters"] if not c["is_kept"]]
     assert {c["record_id"] for c in not_kept} == {r["record_id"] for r in t["rejects"]}
@@ -335,7 +338,34 @@ def test_disabled_passes_everything_through(tmp_path):
     rows = _mixed_rows(3)
     m, t = run(tmp_path, [rows], enabled=False)
     assert m["stats"]["rows_out"] == len(rows) and t["rejects"] == [] and t["dedup_clusters"] == []
-    assert [r["record_id"] for r in t["records_dedup"]] == [r["record_id"] for r in rows]
+    assert [r["record_id"] for r in t["kept"]] == [r["record_id"] for r in rows]
+
+
+def test_survivors_drop_removed_rows_by_position(tmp_path):
+    """Two identical records of one source share a record_id: dedup removes one of them by its
+    position, and the survivors keep the other, in convert order, across shards."""
+    rows = _mixed_rows(5)
+    twin = rec("a", TEXT, "ok", row=7)
+    shards = [rows[:90] + [twin], [twin] + rows[90:]]
+    m, t = run(tmp_path, shards)
+    store = ArtifactStore(tmp_path)
+    removed = {(r["shard"], r["row"]) for r in t["dedup_removed"]}
+    assert len(removed) == m["stats"]["rows_rejected"] == len(t["rejects"])
+    expected = [r for s, shard in enumerate(shards) for i, r in enumerate(shard) if (s, i) not in removed]
+    assert [r["record_id"] for r in t["kept"]] == [r["record_id"] for r in expected]
+    assert sum(r["record_id"] == twin["record_id"] for r in t["kept"]) == 1
+    for r in t["dedup_removed"]:  # each entry names the record at that position
+        assert shards[r["shard"]][r["row"]]["record_id"] == r["record_id"]
+    assert [b.num_columns for b in survivors(store, m, ["record_id"])] == [1, 1]
+
+
+def test_survivors_name_a_convert_shard_that_is_gone(tmp_path):
+    m, _ = run(tmp_path, [_mixed_rows(6)])
+    import shutil
+
+    shutil.rmtree(tmp_path / "convert" / "c000")
+    with pytest.raises(TunelineError, match=r"reads convert/c000, which is gone .*run the pipeline again from convert"):
+        list(survivors(ArtifactStore(tmp_path), m))
 
 
 def test_band_keys_equal_for_equal_bands():

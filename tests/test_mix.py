@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from dedup_fixtures import deduplicated
 from tasks import catalog
 from tasks.errors import GateFailed, RecipeError, TunelineError
 from tasks.mix import check_stages, mix, read_stage
@@ -196,9 +197,7 @@ def test_same_seed_byte_identical_other_seed_same_counts(tmp_path, counter):
 def test_no_heldout_row_in_any_stage(tmp_path, counter):
     store = ArtifactStore(tmp_path / "h")
     rows = all_rows()
-    w = store.begin("dedup", "d1", label="dedup")
-    w.write("records_dedup", RECORDS, rows)
-    dm = w.commit()
+    dm = deduplicated(store, rows, SOURCES)
     recipe = {"sources": SOURCES, "split": {"eval_fraction": 0.25, "seed": 7},
               "stages": [{"name": "nlp", "sources": ["flan", "p3"], "total": 200},
                          {"name": "chat", "sources": ["dolly", "sharegpt"],

@@ -6,6 +6,7 @@ from collections import defaultdict
 import pyarrow.parquet as pq
 import pytest
 
+from dedup_fixtures import deduplicated
 from tasks.schema import RECORDS, record_id
 from tasks.split import split
 from tasks.store import ArtifactStore
@@ -33,13 +34,6 @@ def dataset(n_p3_examples: int = 60, templates: int = 3, n_dolly: int = 200) -> 
     return rows
 
 
-def _commit(store, step, key, rows):
-    """A published `dedup` manifest holding `rows` as records_dedup."""
-    w = store.begin(step, key, label=step)
-    w.write("records_dedup", RECORDS, rows)
-    return w.commit()
-
-
 def sides(store: ArtifactStore, manifest: dict) -> tuple[dict, dict]:
     train = store.read(manifest, "records_train").to_pylist()
     held = store.read(manifest, "records_eval").to_pylist()
@@ -48,7 +42,7 @@ def sides(store: ArtifactStore, manifest: dict) -> tuple[dict, dict]:
 
 def run(tmp_path, rows, split_cfg, name="a"):
     store = ArtifactStore(tmp_path / name)
-    m = split(str(store.root), {"sources": SOURCES, "split": split_cfg}, _commit(store, "dedup", "d1", rows))
+    m = split(str(store.root), {"sources": SOURCES, "split": split_cfg}, deduplicated(store, rows, SOURCES))
     return store, m
 
 

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -381,3 +382,17 @@ def test_grouped_parts_written_by_threads_read_back_in_group_order(store):
     assert files[-1] == "things-g0002-00002.parquet" and len(files) == 10
     got = store.read(m, "things")["x"].to_pylist()
     assert got == [-1] + [100 * g + j for g in range(3) for j in range(10)]
+
+
+def test_take_reads_rows_across_parts_and_row_groups(store):
+    w = store.begin("t", "k" * 32)
+    out = w.table("things", SCHEMA, part_rows=7)
+    for i in range(0, 20, 3):  # each write is a row group; parts roll over every 7 rows
+        out.write([{"x": j} for j in range(i, min(i + 3, 20))])
+    m = w.commit()
+    assert len(m["tables"]["things"]) == 3
+    rows = np.array([0, 2, 6, 7, 13, 19])
+    assert store.take(m, "things", rows)["x"].to_pylist() == rows.tolist()
+    assert store.take(m, "things", np.array([], np.int64)).num_rows == 0
+    with pytest.raises(TunelineError, match="has 20 rows; asked for rows 5..20"):
+        store.take(m, "things", np.array([5, 20]))

@@ -11,10 +11,14 @@ Two steps:
   hashfunc=tasks.dedup.minhash.shingle_hash)` bit for bit. Table `dedup_signatures`.
 * `dedup(root, recipe, convert_manifests, signature_manifests)` -- step `dedup`:
   exact groups, then LSH band-key collisions grouped in Polars, candidate pairs verified
-  (`verify: exact` = Jaccard over the shingle-hash sets, re-reading only candidates;
+  (`verify: exact` = Jaccard over the shingle-hash sets the signatures step kept;
   `estimate` = share of equal signature slots), kept when Jaccard >= `threshold`,
   clustered (connected components over exact + verified edges = union-find), one record
-  kept per cluster. Tables `records_dedup`, `dedup_clusters`, `rejects`.
+  kept per cluster. Tables `dedup_clusters`, `dedup_removed` (shard, row, record_id of
+  every removed row) and `rejects`.
+* `survivors(store, dedup_manifest)` -- the kept records, in order: the convert shards
+  streamed without the removed rows. The kept rows are never copied; `split` reads them
+  this way.
 
 Keep rule (deterministic): higher source `priority`, then more turns, then more
 characters (`n_chars`), then the smallest `record_id`. `scope: within_source` compares
@@ -27,7 +31,7 @@ role) has no exact key and is never compared or removed; a text with fewer units
 `shingle_size` is matched exactly only; LSH bands/rows come from datasketch's
 `_optimal_param(threshold, num_perm, false_positive_weight, false_negative_weight)`.
 """
-from tasks.dedup.cluster import dedup
+from tasks.dedup.cluster import dedup, survivors
 from tasks.dedup.signatures import signatures
 
-__all__ = ["dedup", "signatures"]
+__all__ = ["dedup", "signatures", "survivors"]

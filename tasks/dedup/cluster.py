@@ -1,13 +1,16 @@
 """Step `dedup`: exact groups, LSH candidate pairs, verification, clusters, one kept per cluster.
 
-Reads only the `dedup_signatures` tables (ids, keys, band keys) to find candidates;
-record text is re-read only for candidate records (verify: exact) and, at the end,
-streamed once shard by shard to write the kept rows.
+Reads only the `dedup_signatures` tables: ids, keys and band keys to find candidates, then
+the shingle hashes (verify: exact) or signatures (estimate) of candidate records only.
+Record text is read only for the removed rows, to write their `rejects`. The kept rows
+are not copied: `dedup_removed` lists where each removed row sits in the convert shards,
+and `survivors()` streams the convert shards without them (what `split` reads).
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import polars as pl
@@ -21,12 +24,12 @@ from tasks.dedup import minhash as mh
 from tasks.dedup.signatures import TABLE as SIG_TABLE
 from tasks.dedup.signatures import lsh_params
 from tasks.errors import TunelineError
-from tasks.schema import RECORDS, REJECTS, reject_row
+from tasks.schema import REJECTS, reject_row
 from tasks.step import input_ref, logger, run_step
 from tasks.store import ArtifactStore
 
 STEP = "dedup"
-VERSION = 1
+VERSION = 2  # 2: kept rows are not copied (dedup_removed + survivors())
 #: Buckets up to this size give all their pairs; larger ones a star plus a chain (linear).
 SMALL_BUCKET = 16
 PAIR_CHUNK = 200_000
@@ -42,6 +45,8 @@ CLUSTERS = pa.schema(
         ("reason", pa.string()),  # null for kept rows
     ]
 )
+
+REMOVED = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("record_id", pa.string())])
 
 META_COLUMNS = ["record_id", "source", "example_id", "template_id", "n_turns", "n_chars", "exact_key", "n_shingles"]
 
@@ -166,8 +171,9 @@ def _variant_mask(a: np.ndarray, b: np.ndarray, ex_code: np.ndarray, tpl_code: n
 
 # -- verification --------------------------------------------------------------------------
 class Verifier:
-    """Jaccard of record pairs: exact over the sets of shingle hashes (re-reading only the
-    records asked for), or estimated from the signatures."""
+    """Jaccard of record pairs: exact over the sets of shingle hashes, or estimated from the
+    signatures (the share of equal slots); both read from `dedup_signatures`, only for the
+    records asked for."""
 
     def __init__(self, store: ArtifactStore, shards: list[tuple[dict, dict]], offsets: np.ndarray, cfg: DedupConfig):
         self.store, self.shards, self.offsets, self.cfg = store, shards, offsets, cfg
@@ -176,37 +182,19 @@ class Verifier:
     def load(self, idx: np.ndarray) -> None:
         need = np.setdiff1d(np.unique(idx), np.fromiter(self.data, np.int64, len(self.data)))
         shard_of = np.searchsorted(self.offsets, need, side="right") - 1
+        column = "signature" if self.cfg.verify == "estimate" else "shingles"
         for shard in np.unique(shard_of):
-            rows = need[shard_of == shard] - self.offsets[shard]
-            conv, sig = self.shards[shard]
-            if self.cfg.verify == "estimate":
-                self._load_signatures(sig, rows, self.offsets[shard])
+            base = int(self.offsets[shard])
+            rows = need[shard_of == shard] - base
+            lists = self.store.take(self.shards[shard][1], SIG_TABLE, rows, [column]).column(0).combine_chunks()
+            values = np.asarray(lists.values)  # `take` gives arrays without an offset
+            if column == "signature":
+                for r, v in zip(rows.tolist(), values.reshape(-1, self.cfg.num_perm)):
+                    self.data[base + r] = v
             else:
-                self._load_shingles(conv, rows, self.offsets[shard])
-
-    def _load_signatures(self, sig: dict, rows: np.ndarray, base: int) -> None:
-        pos = 0
-        for batch in self.store.iter_batches(sig, SIG_TABLE, ["signature"]):
-            take = rows[(rows >= pos) & (rows < pos + batch.num_rows)]
-            if len(take):
-                col = batch.column(0).take(pa.array(take - pos))
-                vals = np.asarray(col.values).reshape(-1, self.cfg.num_perm)
-                for r, v in zip(take, vals):
-                    self.data[int(base + r)] = v
-            pos += batch.num_rows
-
-    def _load_shingles(self, conv: dict, rows: np.ndarray, base: int) -> None:
-        cfg, pos = self.cfg, 0
-        for batch in self.store.iter_batches(conv, "records", ["messages"], batch_size=cfg.batch_rows):
-            take = rows[(rows >= pos) & (rows < pos + batch.num_rows)]
-            if len(take):
-                msgs = batch.column(0).take(pa.array(take - pos))
-                hashes, counts = mh.shingle_hashes(mh.normalise_batch(msgs, cfg.projection, cfg.shingle),
-                                                   cfg.shingle_size)
-                ends = np.cumsum(counts)
-                for r, e, c in zip(take, ends, counts):
-                    self.data[int(base + r)] = np.unique(hashes[e - c : e])
-            pos += batch.num_rows
+                ends = np.asarray(lists.offsets)
+                for r, lo, hi in zip(rows.tolist(), ends[:-1].tolist(), ends[1:].tolist()):
+                    self.data[base + r] = np.unique(values[lo:hi])
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.load(np.concatenate([a, b]))
@@ -290,55 +278,68 @@ def _report(per_source: pl.DataFrame, stats: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_outputs(writer, store, shards, offsets, removed, related, reason, sim, meta) -> None:
-    """Stream every shard once: kept rows to `records_dedup`, removed rows to `rejects`.
-
-    Shards are written by one thread per core, each into its own group of parts (Parquet
-    decoding, filtering and encoding run without the GIL); the manifest lists the groups in
-    shard order, so the tables read back in the same order as the shards."""
+def _write_removed(writer, store, shards, offsets, removed, related, reason, sim, meta) -> None:
+    """`dedup_removed` (where each removed row sits in the convert shards) and `rejects`
+    (one row per removed record, with the record it duplicates). The kept rows are not
+    copied: `survivors()` reads them from the convert shards."""
+    gone = np.flatnonzero(removed)
+    writer.write("dedup_removed", REMOVED, pa.table({
+        "shard": meta["shard"].gather(gone).to_arrow(),
+        "row": meta["row"].gather(gone).to_arrow(),
+        "record_id": meta["record_id"].gather(gone).to_arrow(),
+    }))
     record_ids = meta["record_id"]
-    outputs = [(writer.table("records_dedup", RECORDS, group=shard), writer.table("rejects", REJECTS, group=shard))
-               for shard in range(len(shards))]  # created here: the threads only write
+    outputs = [writer.table("rejects", REJECTS, group=shard) for shard in range(len(shards))]
 
-    def write_shard(shard: int) -> None:
-        conv, (kept_out, rejects_out) = shards[shard][0], outputs[shard]
-        pos = int(offsets[shard])
-        for batch in store.iter_batches(conv, "records"):
-            n = batch.num_rows
-            gone = removed[pos : pos + n]
-            kept_out.write(batch.filter(pa.array(~gone)))
-            rows = np.flatnonzero(gone)
-            if len(rows):
-                sub = batch.take(pa.array(rows))
-                prefix = mh.project(sub.column("messages"), "conversation")
-                rel = record_ids.gather(related[pos + rows]).to_list()
-                out = []
-                for k, r in enumerate(rows):
-                    g = pos + r
-                    out.append(reject_row(
-                        STEP, reason[g], source=sub.column("source")[k].as_py(),
-                        origin_file=sub.column("origin_file")[k].as_py(),
-                        origin_row=sub.column("origin_row")[k].as_py(),
-                        record_id=sub.column("record_id")[k].as_py(), related_id=rel[k],
-                        detail=f"jaccard {sim[g]:.3f} to kept record", raw=prefix[k],
-                    ))
-                rejects_out.write(out)
-            pos += n
+    def write_shard(shard: int) -> None:  # Parquet decoding runs without the GIL
+        base = int(offsets[shard])
+        g = gone[(gone >= base) & (gone < offsets[shard + 1])]
+        sub = store.take(shards[shard][0], "records", g - base,
+                         ["record_id", "source", "origin_file", "origin_row", "messages"])
+        prefix = mh.project(sub.column("messages").combine_chunks(), "conversation")
+        rel = record_ids.gather(related[g]).to_list()
+        cols = {c: sub.column(c).to_pylist() for c in ("record_id", "source", "origin_file", "origin_row")}
+        outputs[shard].write([
+            reject_row(STEP, reason[x], source=cols["source"][k], origin_file=cols["origin_file"][k],
+                       origin_row=cols["origin_row"][k], record_id=cols["record_id"][k], related_id=rel[k],
+                       detail=f"jaccard {sim[x]:.3f} to kept record", raw=prefix[k])
+            for k, x in enumerate(g.tolist())
+        ])
 
     with ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1)) as pool:  # _run passes 1+ shards
         list(pool.map(write_shard, range(len(shards))))
 
 
-def _pass_through(writer, store, shards) -> None:
-    n = 0
-    for conv, _ in shards:
-        for batch in store.iter_batches(conv, "records"):
-            writer.write("records_dedup", RECORDS, batch)
-            n += batch.num_rows
-    for name, schema in (("records_dedup", RECORDS), ("dedup_clusters", CLUSTERS), ("rejects", REJECTS)):
+def _pass_through(writer, shards) -> None:
+    n = sum(p["rows"] for conv, _ in shards for p in conv.get("tables", {}).get("records", []))
+    for name, schema in (("dedup_removed", REMOVED), ("dedup_clusters", CLUSTERS), ("rejects", REJECTS)):
         writer.table(name, schema)
     writer.stats.update(rows_in=n, rows_out=n, rows_rejected=0, exact_removed=0, near_removed=0, clusters=0,
                         enabled=False, report_markdown=f"**dedup** disabled: {n:,} records passed through.")
+
+
+def survivors(store: ArtifactStore, dedup_manifest: dict, columns: list[str] | None = None,
+              batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """The records a `dedup` step kept, in order: each convert shard's `records` without the
+    rows its `dedup_removed` table lists."""
+    removed = store.read(dedup_manifest, "dedup_removed", ["shard", "row"])
+    shard_of, row_of = (np.asarray(removed.column(c)) for c in ("shard", "row"))
+    for shard, (ref, _) in enumerate(dedup_manifest["inputs"]["shards"]):
+        conv = store.load(ref["step"], ref["key"], verify=False)
+        if conv is None:
+            raise TunelineError(f"dedup {dedup_manifest['dir']} reads {ref['step']}/{ref['key']}, which is gone "
+                                f"from {store.root}; run the pipeline again from convert")
+        gone = np.sort(row_of[shard_of == shard])
+        pos = 0
+        for batch in store.iter_batches(conv, "records", columns, batch_size):
+            n = batch.num_rows
+            lo, hi = np.searchsorted(gone, [pos, pos + n])
+            if hi > lo:
+                keep = np.ones(n, bool)
+                keep[gone[lo:hi] - pos] = False
+                batch = batch.filter(pa.array(keep))
+            pos += n
+            yield batch
 
 
 def _run(writer, store: ArtifactStore, shards, cfg: DedupConfig, priorities: dict[str, int]) -> None:
@@ -347,7 +348,7 @@ def _run(writer, store: ArtifactStore, shards, cfg: DedupConfig, priorities: dic
     meta = _load_meta(store, shards, priorities)
     n = meta.height
     if n == 0:
-        _pass_through(writer, store, shards)
+        _pass_through(writer, shards)
         writer.stats["enabled"] = True
         return
     counts = np.bincount(meta["shard"].to_numpy(), minlength=len(shards))
@@ -421,7 +422,7 @@ def _run(writer, store: ArtifactStore, shards, cfg: DedupConfig, priorities: dic
     writer.write("dedup_clusters", CLUSTERS, clusters.sort_by([("cluster_id", "ascending"),
                                                                ("is_kept", "descending"),
                                                                ("record_id", "ascending")]))
-    _write_outputs(writer, store, shards, offsets, removed, related, reason, simg, meta)
+    _write_removed(writer, store, shards, offsets, removed, related, reason, simg, meta)
 
     per_source = (
         pl.DataFrame({"source": meta["source"],
@@ -457,6 +458,6 @@ def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_mani
         if cfg.enabled:
             _run(writer, store, shards, cfg, priorities)
         else:
-            _pass_through(writer, store, shards)
+            _pass_through(writer, shards)
 
     return run_step(store, STEP, VERSION, inputs, config, "dedup", body)

@@ -1,7 +1,9 @@
 """Step `dedup-signatures`: per convert shard, exact keys, MinHash signatures and LSH band keys.
 
 The table `dedup_signatures` is row-aligned with the shard's `records` table (same
-order, same count) and holds no document text.
+order, same count) and holds no document text: besides the signature and band keys it
+keeps each record's shingle hashes, so that the `dedup` step verifies candidate pairs by
+exact Jaccard without re-reading and re-shingling their text.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
 
 STEP = "dedup-signatures"
-VERSION = 1
+VERSION = 2  # 2: shingle hashes kept (exact verification reads them, not the text)
 TABLE = "dedup_signatures"
 READ_COLUMNS = ["record_id", "source", "example_id", "template_id", "messages", "n_turns", "n_chars"]
 
@@ -33,8 +35,13 @@ def signature_schema(num_perm: int, bands: int) -> pa.Schema:
             ("n_shingles", pa.int32()),  # 0: too short, exact matching only
             ("band_keys", pa.list_(pa.uint64(), bands)),  # null when n_shingles == 0
             ("signature", pa.list_(pa.uint32(), num_perm)),  # null when n_shingles == 0
+            ("shingles", pa.large_list(pa.uint32())),  # shingle hashes in text order; empty when none
         ]
     )
+
+
+#: Columns of random hashes: written without a dictionary, which cannot shrink them.
+HASH_COLUMNS = ("exact_key", "band_keys", "signature", "shingles")
 
 
 def lsh_params(cfg: DedupConfig) -> tuple[int, int]:
@@ -59,10 +66,12 @@ def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int
         bkeys = mh.band_keys(sig, bands, rows)
     else:  # pass-through: nothing is compared, so nothing is computed
         keys, units = [None] * n, ["word"] * n
-        counts = np.zeros(n, np.int64)
+        counts, hashes = np.zeros(n, np.int64), np.empty(0, np.uint32)
         sig = np.zeros((n, cfg.num_perm), np.uint32)
         bkeys = np.zeros((n, bands), np.uint64)
     empty = pa.array(counts == 0)
+    shingle_offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=shingle_offsets[1:])
     schema = signature_schema(cfg.num_perm, bands)
     cols = {
         "record_id": batch.column("record_id"),
@@ -76,6 +85,7 @@ def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int
         "n_shingles": pa.array(counts.astype(np.int32)),
         "band_keys": pa.FixedSizeListArray.from_arrays(pa.array(bkeys.ravel()), bands, mask=empty),
         "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), cfg.num_perm, mask=empty),
+        "shingles": pa.LargeListArray.from_arrays(pa.array(shingle_offsets), pa.array(hashes, pa.uint32())),
     }
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
@@ -90,12 +100,12 @@ def signatures(root: str, recipe: dict, convert_manifest: dict) -> dict:
     def body(writer):
         n = 0
         progress = Progress(f"{STEP} {label}")
+        schema = signature_schema(cfg.num_perm, bands)
+        out = writer.table(TABLE, schema, use_dictionary=[c for c in schema.names if c not in HASH_COLUMNS])
         for batch in store.iter_batches(convert_manifest, "records", READ_COLUMNS, batch_size=cfg.batch_rows):
-            writer.write(TABLE, signature_schema(cfg.num_perm, bands), compute_batch(batch, cfg, bands, rows))
+            out.write(compute_batch(batch, cfg, bands, rows))
             n += batch.num_rows
             progress.add(batch.num_rows)
-        if n == 0:
-            writer.table(TABLE, signature_schema(cfg.num_perm, bands))
         progress.done()
         writer.stats.update(rows_in=n, rows_out=n, rows_rejected=0, bands=bands, rows=rows,
                             num_perm=cfg.num_perm, seed=cfg.seed)
