@@ -132,7 +132,7 @@ class _TableWriter:
     name: str
     schema: pa.Schema
     part_rows: int
-    use_dictionary: bool | list[str] = True
+    hash_columns: tuple[str, ...] = ()
     parts: list[dict] = field(default_factory=list)
     _writer: pq.ParquetWriter | None = None
     _tmp: Path | None = None
@@ -159,7 +159,11 @@ class _TableWriter:
     def _open(self) -> None:
         self._final = self.directory / f"{self.name}-{len(self.parts):05d}.parquet"
         self._tmp = self.directory / f".{self._final.name}.tmp"
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd", use_dictionary=self.use_dictionary)
+        plain = [c for c in self.schema.names if c not in self.hash_columns]
+        self._writer = pq.ParquetWriter(
+            self._tmp, self.schema, use_dictionary=plain if self.hash_columns else True,
+            write_statistics=plain if self.hash_columns else True,
+            compression={c: "zstd" if c in plain else "none" for c in self.schema.names})
         self._rows = 0
 
     def _close_part(self) -> None:
@@ -208,17 +212,17 @@ class StepWriter:
         self.stats: dict[str, Any] = {}
 
     def table(self, name: str, schema: pa.Schema, part_rows: int = PART_ROWS, group: int | None = None,
-              use_dictionary: bool | list[str] = True) -> _TableWriter:
+              hash_columns: tuple[str, ...] = ()) -> _TableWriter:
         """The writer of a table. With `group`, a separate run of parts (files
         `<name>-g<group>-<n>.parquet`) that another thread can write at the same time; the
         manifest lists a table's parts group by group, the ungrouped ones first.
-        `use_dictionary`: the columns to dictionary-encode (all by default); columns of
-        random hashes, which a dictionary cannot shrink, write several times faster without."""
+        `hash_columns`: columns of random hashes, written without a dictionary, compression
+        or min/max statistics, which cannot shrink or summarise them (several times faster)."""
         safe_name(name, "table name")
         key = (name, -1 if group is None else group)
         if key not in self._tables:
             prefix = name if group is None else f"{name}-g{group:04d}"
-            self._tables[key] = _TableWriter(self.dir, prefix, schema, part_rows, use_dictionary)
+            self._tables[key] = _TableWriter(self.dir, prefix, schema, part_rows, hash_columns)
         return self._tables[key]
 
     def write(self, name: str, schema: pa.Schema, data) -> None:

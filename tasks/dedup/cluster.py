@@ -8,8 +8,6 @@ and `survivors()` streams the convert shards without them (what `split` reads).
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -20,7 +18,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from tasks.config import DedupConfig, Recipe
-from tasks.dedup import minhash as mh
 from tasks.dedup.signatures import TABLE as SIG_TABLE
 from tasks.dedup.signatures import lsh_params
 from tasks.errors import TunelineError
@@ -126,7 +123,7 @@ def _load_band_keys(store: ArtifactStore, shards: list[tuple[dict, dict]], bands
     parts = []
     for _, sig in shards:
         for f in store.paths(sig, SIG_TABLE):
-            col = pq.read_table(f, columns=["band_keys"]).column("band_keys").combine_chunks()
+            col = pq.ParquetFile(f).read(columns=["band_keys"]).column("band_keys").combine_chunks()
             parts.append(np.asarray(col.values).reshape(-1, bands) if len(col) else np.empty((0, bands), np.uint64))
     return np.concatenate(parts) if parts else np.empty((0, bands), np.uint64)
 
@@ -149,19 +146,26 @@ def _candidate_pairs(nodes: np.ndarray, scope_code: np.ndarray, bkeys: np.ndarra
     """Pairs of LSH nodes that share a band key (and a scope), deduplicated, a < b."""
     if len(nodes) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    found = []
-    for j in range(bkeys.shape[1]):
-        df = pl.DataFrame({"idx": nodes, "scope": scope_code[nodes], "key": bkeys[nodes, j]})
-        groups = (
-            df.group_by(["scope", "key"]).agg(members=pl.col("idx").sort())
-            .filter(pl.col("members").list.len() > 1).select("members")
-        )
-        if groups.height:
-            found.append(_bucket_pairs(groups))
-    if not found:
+    scope = scope_code[nodes]
+    salt = scope.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # other scope, other bucket
+    gids, members, first_gid = [], [], 0
+    for j in range(bkeys.shape[1]):  # buckets of one band: runs of equal keys once sorted
+        key = bkeys[nodes, j] ^ salt
+        order = np.argsort(key)
+        key = key[order]
+        gid = np.cumsum(np.r_[True, key[1:] != key[:-1]]) - 1
+        shared = np.bincount(gid)[gid] > 1
+        gids.append(gid[shared] + first_gid)
+        members.append(nodes[order[shared]])
+        first_gid += int(gid[-1]) + 1
+    buckets = pl.DataFrame({"gid": np.concatenate(gids), "idx": np.concatenate(members)})
+    if not buckets.height:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    pairs = pl.concat(found).unique().sort(["a", "b"])
-    return pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    pairs = _bucket_pairs(buckets.group_by("gid").agg(members=pl.col("idx").sort()).select("members"))
+    pairs = pairs.unique().sort(["a", "b"])
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    same = scope_code[a] == scope_code[b]  # a salted-key collision across scopes (p ~ 2**-64)
+    return a[same], b[same]
 
 
 def _variant_mask(a: np.ndarray, b: np.ndarray, ex_code: np.ndarray, tpl_code: np.ndarray) -> np.ndarray:
@@ -187,14 +191,24 @@ class Verifier:
             base = int(self.offsets[shard])
             rows = need[shard_of == shard] - base
             lists = self.store.take(self.shards[shard][1], SIG_TABLE, rows, [column]).column(0).combine_chunks()
-            values = np.asarray(lists.values)  # `take` gives arrays without an offset
-            if column == "signature":
-                for r, v in zip(rows.tolist(), values.reshape(-1, self.cfg.num_perm)):
+            if column == "signature":  # `take` gives arrays without an offset
+                for r, v in zip(rows.tolist(), np.asarray(lists.values).reshape(-1, self.cfg.num_perm)):
                     self.data[base + r] = v
-            else:
-                ends = np.asarray(lists.offsets)
+            else:  # each record's set: sort (record, hash) pairs at once, drop repeats
+                _, offsets, data = lists.buffers()
+                ends = np.frombuffer(offsets, np.int64)[lists.offset : lists.offset + len(rows) + 1] // 4
+                values = np.frombuffer(data, "<u4", ends[-1] - ends[0], 4 * ends[0]) if ends[-1] > ends[0] else (
+                    np.empty(0, np.uint32))
+                ends = ends - ends[0]
+                record = np.repeat(np.arange(len(rows), dtype=np.uint64), np.diff(ends))
+                pairs = np.sort((record << np.uint64(32)) | values)
+                first = np.ones(len(pairs), bool)
+                first[1:] = pairs[1:] != pairs[:-1]
+                pairs = pairs[first]
+                ends = np.searchsorted(pairs >> np.uint64(32), np.arange(len(rows) + 1, dtype=np.uint64))
+                hashes = (pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32)
                 for r, lo, hi in zip(rows.tolist(), ends[:-1].tolist(), ends[1:].tolist()):
-                    self.data[base + r] = np.unique(values[lo:hi])
+                    self.data[base + r] = hashes[lo:hi]
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.load(np.concatenate([a, b]))
@@ -280,34 +294,26 @@ def _report(per_source: pl.DataFrame, stats: dict) -> str:
 
 def _write_removed(writer, store, shards, offsets, removed, related, reason, sim, meta) -> None:
     """`dedup_removed` (where each removed row sits in the convert shards) and `rejects`
-    (one row per removed record, with the record it duplicates). The kept rows are not
-    copied: `survivors()` reads them from the convert shards."""
+    (one row per removed record, with the record it duplicates), both from the signature
+    tables. The kept rows are not copied: `survivors()` reads them from the convert shards."""
     gone = np.flatnonzero(removed)
     writer.write("dedup_removed", REMOVED, pa.table({
         "shard": meta["shard"].gather(gone).to_arrow(),
         "row": meta["row"].gather(gone).to_arrow(),
         "record_id": meta["record_id"].gather(gone).to_arrow(),
     }))
-    record_ids = meta["record_id"]
-    outputs = [writer.table("rejects", REJECTS, group=shard) for shard in range(len(shards))]
-
-    def write_shard(shard: int) -> None:  # Parquet decoding runs without the GIL
-        base = int(offsets[shard])
-        g = gone[(gone >= base) & (gone < offsets[shard + 1])]
-        sub = store.take(shards[shard][0], "records", g - base,
-                         ["record_id", "source", "origin_file", "origin_row", "messages"])
-        prefix = mh.project(sub.column("messages").combine_chunks(), "conversation")
-        rel = record_ids.gather(related[g]).to_list()
-        cols = {c: sub.column(c).to_pylist() for c in ("record_id", "source", "origin_file", "origin_row")}
-        outputs[shard].write([
-            reject_row(STEP, reason[x], source=cols["source"][k], origin_file=cols["origin_file"][k],
-                       origin_row=cols["origin_row"][k], record_id=cols["record_id"][k], related_id=rel[k],
-                       detail=f"jaccard {sim[x]:.3f} to kept record", raw=prefix[k])
-            for k, x in enumerate(g.tolist())
-        ])
-
-    with ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1)) as pool:  # _run passes 1+ shards
-        list(pool.map(write_shard, range(len(shards))))
+    related_ids = meta["record_id"].gather(related[gone]).to_list()
+    rows = []
+    for shard, (_, sig) in enumerate(shards):
+        in_shard = gone[(gone >= offsets[shard]) & (gone < offsets[shard + 1])]
+        sub = store.take(sig, SIG_TABLE, in_shard - offsets[shard],
+                         ["record_id", "source", "origin_file", "origin_row", "raw_prefix"])
+        rows += zip(in_shard.tolist(), *(sub.column(c).to_pylist() for c in sub.column_names))
+    writer.write("rejects", REJECTS, [
+        reject_row(STEP, reason[g], record_id=rid, source=src, origin_file=f, origin_row=r,
+                   related_id=related_ids[k], detail=f"jaccard {sim[g]:.3f} to kept record", raw=raw)
+        for k, (g, rid, src, f, r, raw) in enumerate(rows)
+    ])
 
 
 def _pass_through(writer, shards) -> None:

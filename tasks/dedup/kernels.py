@@ -1,5 +1,6 @@
-"""Compiled (numba) loops for shingle hashing and MinHash: the definitions of `minhash.py`,
-one pass over the bytes of a batch instead of Arrow tokenising plus several NumPy passes.
+"""Compiled (numba) loops for normalising, shingle hashing, MinHash and LSH band keys: the
+definitions of `minhash.py`, text by text over a batch's bytes, so each text's units,
+shingles and signature are made while they are still in the CPU cache.
 
 `cache=True` keeps the compiled code under `__pycache__`, so only the first process after
 a change compiles (a few seconds); later ones load it.
@@ -13,6 +14,16 @@ from numba import njit
 _P1, _P2, _P3, _P4, _P5 = (np.uint64(x) for x in (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1))
 _M = np.uint64(0xFFFFFFFF)
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0x811C9DC5), np.uint64(0x01000193)
+_BAND_OFFSET, _BAND_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+#: ASCII bytes `str.split()` treats as whitespace: tab to carriage return, the information
+#: separators 0x1C-0x1F, space.
+_IS_WS = np.zeros(256, np.uint8)
+_IS_WS[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = 1
+#: An ASCII byte normalised: upper case lowered, whitespace made a space.
+_FOLD = np.arange(256, dtype=np.uint8)
+_FOLD[65:91] += 32
+_FOLD[_IS_WS == 1] = 32
 
 
 @njit(cache=True, inline="always")
@@ -26,7 +37,7 @@ def _read32(data, p):
             | (np.uint64(data[p + 3]) << np.uint64(24)))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def xxh32(data, start, end):
     """xxHash32 (seed 0) of data[start:end], the value `xxhash.xxh32_intdigest` gives."""
     p = start
@@ -60,103 +71,29 @@ def xxh32(data, start, end):
     return h
 
 
-@njit(cache=True)
-def _unit_bounds(data, start, end, by_char, out_start, out_end):
-    """Fill out_start/out_end with the byte ranges of the text's units; return their number.
-
-    Words are separated by single spaces (the text is normalised); characters are UTF-8
-    sequences, spaces skipped."""
-    n = 0
-    p = start
-    if by_char:
-        while p < end:
-            b = data[p]
-            size = 1 if b < 0x80 else (2 if b < 0xE0 else (3 if b < 0xF0 else 4))
-            if b != 0x20:
-                out_start[n] = p
-                out_end[n] = min(p + size, end)
-                n += 1
-            p += size
-    elif end > start:
-        s = start
-        while p < end:
-            if data[p] == 0x20:
-                out_start[n] = s
-                out_end[n] = p
-                n += 1
-                s = p + 1
-            p += 1
-        out_start[n] = s
-        out_end[n] = end
-        n += 1
-    return n
+@njit(cache=True, inline="always")
+def _normalise_ascii(data, s, e, out, w):
+    """Write data[s:e], an ASCII text, normalised to out[w:]; return the new end. Branch-free
+    inside the text: every byte is written, and a whitespace byte followed by whitespace
+    is overwritten by the next one."""
+    while s < e and _IS_WS[data[s]]:
+        s += 1
+    while e > s and _IS_WS[data[e - 1]]:
+        e -= 1
+    if s == e:
+        return w
+    for p in range(s, e - 1):
+        out[w] = _FOLD[data[p]]
+        w += 1 - (_IS_WS[data[p]] & _IS_WS[data[p + 1]])
+    out[w] = _FOLD[data[e - 1]]
+    return w + 1
 
 
-@njit(cache=True)
-def shingle_hashes(data, offsets, by_char, k):
-    """(flat shingle hashes in text order, shingles per text) of a batch of normalised texts
-    (their UTF-8 bytes `data`, text i at data[offsets[i]:offsets[i+1]])."""
-    n = len(offsets) - 1
-    counts = np.zeros(n, np.int64)
-    longest = 0
-    for i in range(n):
-        longest = max(longest, offsets[i + 1] - offsets[i])
-    starts = np.empty(longest + 1, np.int64)
-    ends = np.empty(longest + 1, np.int64)
-    units = np.empty(longest + 1, np.uint64)
-    total = 0
-    for i in range(n):  # pass 1: how many shingles
-        m = _unit_bounds(data, offsets[i], offsets[i + 1], by_char[i], starts, ends)
-        counts[i] = max(m - k + 1, 0)
-        total += counts[i]
-    out = np.empty(total, np.uint32)
-    pos = 0
-    for i in range(n):  # pass 2: unit hashes, folded FNV-1a style over each window of k
-        if counts[i] == 0:
-            continue
-        m = _unit_bounds(data, offsets[i], offsets[i + 1], by_char[i], starts, ends)
-        for u in range(m):
-            units[u] = xxh32(data, starts[u], ends[u])
-        for s in range(m - k + 1):
-            acc = _FNV_OFFSET
-            for j in range(k):
-                acc = ((acc ^ units[s + j]) * _FNV_PRIME) & _M
-            out[pos] = acc
-            pos += 1
-    return out, counts
-
-
-@njit(cache=True)
-def minhash(hashes, counts, a, b):
-    """Signatures (len(counts) x len(a)) of consecutive runs of shingle hashes: datasketch's
-    affine32 scheme (MurmurHash3 finalizer, then a*x + b mod 2**32, minimum per permutation);
-    texts without shingles get 0xFFFFFFFF everywhere."""
-    n, perms = len(counts), len(a)
-    sig = np.full((n, perms), np.uint32(_M), np.uint32)
-    pos = 0
-    for i in range(n):
-        row = sig[i]
-        for s in range(pos, pos + counts[i]):
-            x = np.uint32(hashes[s])
-            x ^= x >> np.uint32(16)
-            x = np.uint32(x * np.uint32(0x85EBCA6B))
-            x ^= x >> np.uint32(13)
-            x = np.uint32(x * np.uint32(0xC2B2AE35))
-            x ^= x >> np.uint32(16)
-            for p in range(perms):
-                v = np.uint32(a[p] * x + b[p])
-                if v < row[p]:
-                    row[p] = v
-        pos += counts[i]
-    return sig
-
-
-@njit(cache=True)
-def normalise_ascii(data, offsets, is_ascii, repl_data, repl_offsets):
+@njit(cache=True, nogil=True)
+def normalise(data, offsets, is_ascii, repl_data, repl_offsets):
     """(bytes, offsets) of every text normalised: an ASCII text lower-cased with each run of
-    the whitespace `str.split()` knows below U+0080 (tab to carriage return, the information
-    separators 0x1C-0x1F, space) folded to one space and the ends stripped, which is what
-    NFKC + casefold + split/join give for ASCII; the k-th other text is replaced by
+    whitespace folded to one space and the ends stripped, which is what NFKC + casefold +
+    split/join give for ASCII; the k-th other text is replaced by
     repl_data[repl_offsets[k]:repl_offsets[k+1]] (normalised in Python)."""
     n = len(offsets) - 1
     out = np.empty(len(data) + len(repl_data), np.uint8)
@@ -165,24 +102,109 @@ def normalise_ascii(data, offsets, is_ascii, repl_data, repl_offsets):
     r = 0
     for i in range(n):
         if is_ascii[i]:
-            pending = False
-            started = False
-            for p in range(offsets[i], offsets[i + 1]):
-                c = data[p]
-                if c == 32 or (9 <= c <= 13) or (28 <= c <= 31):
-                    pending = started
-                else:
-                    if pending:
-                        out[w] = 32
-                        w += 1
-                        pending = False
-                    out[w] = c + 32 if 65 <= c <= 90 else c
-                    w += 1
-                    started = True
+            w = _normalise_ascii(data, offsets[i], offsets[i + 1], out, w)
         else:
-            for p in range(repl_offsets[r], repl_offsets[r + 1]):
-                out[w] = repl_data[p]
-                w += 1
+            m = repl_offsets[r + 1] - repl_offsets[r]
+            out[w : w + m] = repl_data[repl_offsets[r] : repl_offsets[r + 1]]
+            w += m
             r += 1
         out_offsets[i + 1] = w
     return out[:w], out_offsets
+
+
+@njit(cache=True, inline="always")
+def _unit_hashes(data, s, e, by_char, units):
+    """xxh32 of each unit of the normalised text data[s:e] into units[:m]; return m. Words
+    are separated by single spaces; characters are UTF-8 sequences, spaces skipped."""
+    m = 0
+    p = s
+    if by_char:
+        while p < e:
+            b = data[p]
+            q = min(p + (1 if b < 0x80 else (2 if b < 0xE0 else (3 if b < 0xF0 else 4))), e)
+            if b != 0x20:
+                units[m] = xxh32(data, p, q)
+                m += 1
+            p = q
+    elif e > s:
+        for q in range(s, e + 1):
+            if q == e or data[q] == 0x20:
+                units[m] = xxh32(data, p, q)
+                m += 1
+                p = q + 1
+    return m
+
+
+@njit(cache=True, inline="always")
+def _minhash(mixed, m, a, b, row):
+    """row[p] = min over the m pre-mixed shingle hashes x of a[p] * x + b[p] mod 2**32."""
+    for p in range(len(a)):
+        ap, bp = a[p], b[p]
+        best = np.uint32(0xFFFFFFFF)
+        for t in range(m):
+            best = min(best, np.uint32(ap * mixed[t] + bp))
+        row[p] = best
+
+
+@njit(cache=True, inline="always")
+def _band_keys(row, bands, rows, out):
+    for j in range(bands):
+        acc = _BAND_OFFSET ^ np.uint64(j)
+        for r in range(j * rows, (j + 1) * rows):
+            acc ^= np.uint64(row[r])
+            acc *= _BAND_PRIME
+            acc ^= acc >> np.uint64(29)
+        out[j] = acc
+
+
+@njit(cache=True, nogil=True)
+def band_keys(sig, bands, rows):
+    out = np.empty((sig.shape[0], bands), np.uint64)
+    for i in range(sig.shape[0]):
+        _band_keys(sig[i], bands, rows, out[i])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def sketch(data, offsets, by_char, k, a, b, bands, rows):
+    """(flat shingle hashes in text order, shingles per text, signatures, band keys) of a
+    batch of normalised texts (text i is data[offsets[i]:offsets[i+1]]). Shingle hashes: the
+    unit hashes of each window of k folded FNV-1a style. Signatures (datasketch's affine32):
+    each shingle hash pre-mixed by the MurmurHash3 finalizer, then the minimum of
+    a * x + b mod 2**32 per permutation; 0xFFFFFFFF everywhere for a text without shingles.
+    With no permutations (len(a) == 0), only the shingle hashes are made."""
+    n = len(offsets) - 1
+    longest = 1
+    for i in range(n):
+        longest = max(longest, offsets[i + 1] - offsets[i] + 1)
+    units = np.empty(longest, np.uint64)
+    mixed = np.empty(longest, np.uint32)
+    counts = np.zeros(n, np.int64)
+    hashes = np.empty(len(data) // 4 + 16, np.uint32)
+    sig = np.full((n, len(a)), np.uint32(0xFFFFFFFF), np.uint32)
+    pos = 0
+    for i in range(n):
+        m = _unit_hashes(data, offsets[i], offsets[i + 1], by_char[i], units)
+        c = m - k + 1
+        if c <= 0:
+            continue
+        if pos + c > len(hashes):
+            grown = np.empty(max(2 * len(hashes), pos + c), np.uint32)
+            grown[:pos] = hashes[:pos]
+            hashes = grown
+        for t in range(c):
+            acc = _FNV_OFFSET
+            for j in range(t, t + k):
+                acc = ((acc ^ units[j]) * _FNV_PRIME) & _M
+            x = np.uint32(acc)
+            hashes[pos + t] = x
+            x ^= x >> np.uint32(16)
+            x = np.uint32(x * np.uint32(0x85EBCA6B))
+            x ^= x >> np.uint32(13)
+            x = np.uint32(x * np.uint32(0xC2B2AE35))
+            x ^= x >> np.uint32(16)
+            mixed[t] = x
+        _minhash(mixed, c, a, b, sig[i])
+        counts[i] = c
+        pos += c
+    return hashes[:pos], counts, sig, band_keys(sig, bands, rows)

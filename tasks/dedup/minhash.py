@@ -17,7 +17,7 @@ Definitions:
   `xxh32(unit.encode("utf-8"), seed=0)`; the k unit hashes are folded FNV-1a
   style, ``acc = 0x811C9DC5; acc = ((acc ^ u) * 0x01000193) mod 2**32``.
   It is a 32-bit integer, so `datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash)`
-  updated with the shingle tuples gives exactly the signatures `minhash_batch` computes.
+  updated with the shingle tuples gives exactly the signatures `sketch` computes.
 * **MinHash**: datasketch 2.x's default `affine32` scheme: the shingle hash is
   pre-mixed with the MurmurHash3 32-bit finalizer, then permutation k is
   ``a_k * x + b_k mod 2**32`` (uint32 wrap-around), a_k, b_k drawn exactly as
@@ -156,8 +156,8 @@ def normalise_texts(texts: pa.Array, shingle: str = "word") -> Normalised:
     offsets_buf, data_buf = texts.buffers()[1], texts.buffers()[2]
     offsets = np.frombuffer(offsets_buf, np.int64)[texts.offset : texts.offset + n + 1]
     data = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
-    out, out_offsets = kernels.normalise_ascii(data, offsets, is_ascii, np.frombuffer(b"".join(encoded) or b"\0", np.uint8),
-                                               repl_offsets)
+    out, out_offsets = kernels.normalise(data, offsets, is_ascii, np.frombuffer(b"".join(encoded) or b"\0", np.uint8),
+                                         repl_offsets)
     by_char = np.full(n, shingle == "char")
     if shingle != "char":
         by_char[~is_ascii] = [choose_unit(t, shingle) == "char" for t in others]
@@ -170,10 +170,19 @@ def normalise_batch(messages: pa.Array, projection: str, shingle: str = "word") 
 
 def shingle_hashes(texts: Normalised, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(flat uint32 shingle hashes in text order, shingles per text): `shingle_hash` of every
-    shingle of every text, by a compiled loop over the batch's bytes."""
+    shingle of every text."""
+    hashes, counts, _, _ = sketch(texts, k, 0, 1, 0, 1)
+    return hashes, counts
+
+
+def sketch(texts: Normalised, k: int, num_perm: int, seed: int, bands: int, rows: int):
+    """(flat shingle hashes, shingles per text, signatures len(texts) x num_perm uint32, band
+    keys len(texts) x bands uint64) of a batch, by one compiled loop over its texts. Rows of
+    texts without shingles are all 0xFFFFFFFF (datasketch's empty MinHash)."""
     from tasks.dedup import kernels
 
-    return kernels.shingle_hashes(texts.data, texts.offsets, texts.by_char, k)
+    a, b = permutations(num_perm, seed) if num_perm else (np.empty(0, np.uint32), np.empty(0, np.uint32))
+    return kernels.sketch(texts.data, texts.offsets, texts.by_char, k, a, b, bands, rows)
 
 
 # -- MinHash ------------------------------------------------------------------------
@@ -186,15 +195,6 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def minhash_batch(hashes: np.ndarray, counts: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
-    """Signatures (len(counts) x num_perm uint32) of a batch; rows of texts without
-    shingles are all 0xFFFFFFFF (datasketch's empty MinHash)."""
-    from tasks.dedup import kernels
-
-    a, b = permutations(num_perm, seed)
-    return kernels.minhash(hashes.astype(np.uint32, copy=False), counts.astype(np.int64, copy=False), a, b)
-
-
 # -- LSH bands ------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
@@ -205,19 +205,13 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float, fn_weight: flo
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """One 64-bit key per band (n x bands uint64): a hash of the band's `rows` values.
+    """One 64-bit key per band (n x bands uint64): a hash of the band's `rows` values,
+    ``acc = 0xCBF29CE484222325 ^ band; per value: acc ^= v; acc *= 0x100000001B3; acc ^= acc >> 29``
+    (mod 2**64).
 
     Equal bands give equal keys; unequal bands collide with probability ~2**-64,
     and a collision only adds a candidate that verification then rejects.
     """
-    n = sig.shape[0]
-    out = np.empty((n, bands), np.uint64)
-    prime = np.uint64(0x100000001B3)
-    for j in range(bands):
-        acc = np.full(n, np.uint64(0xCBF29CE484222325) ^ np.uint64(j), np.uint64)
-        for v in sig[:, j * rows : (j + 1) * rows].T:
-            acc ^= v.astype(np.uint64)
-            acc *= prime
-            acc ^= acc >> np.uint64(29)
-        out[:, j] = acc
-    return out
+    from tasks.dedup import kernels
+
+    return kernels.band_keys(np.ascontiguousarray(sig, np.uint32), bands, rows)

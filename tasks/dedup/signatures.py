@@ -1,24 +1,28 @@
 """Step `dedup-signatures`: per convert shard, exact keys, MinHash signatures and LSH band keys.
 
 The table `dedup_signatures` is row-aligned with the shard's `records` table (same
-order, same count) and holds no document text: besides the signature and band keys it
-keeps each record's shingle hashes, so that the `dedup` step verifies candidate pairs by
-exact Jaccard without re-reading and re-shingling their text.
+order, same count) and holds everything the `dedup` step needs, so that it never reads the
+records: ids and keep-rule columns, the exact key, the signature and band keys, each
+record's shingle hashes (exact verification of candidate pairs) and, of its text, only the
+`RAW_PREFIX_CHARS` prefix a reject shows.
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.config import DedupConfig, Recipe
 from tasks.dedup import minhash as mh
+from tasks.schema import RAW_PREFIX_CHARS
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
 
 STEP = "dedup-signatures"
-VERSION = 2  # 2: shingle hashes kept (exact verification reads them, not the text)
+VERSION = 3  # 3: shingle hashes, origin and reject prefix kept (dedup reads no records)
 TABLE = "dedup_signatures"
-READ_COLUMNS = ["record_id", "source", "example_id", "template_id", "messages", "n_turns", "n_chars"]
+READ_COLUMNS = ["record_id", "source", "example_id", "template_id", "messages", "n_turns", "n_chars",
+                "origin_file", "origin_row"]
 
 
 def signature_schema(num_perm: int, bands: int) -> pa.Schema:
@@ -35,12 +39,15 @@ def signature_schema(num_perm: int, bands: int) -> pa.Schema:
             ("n_shingles", pa.int32()),  # 0: too short, exact matching only
             ("band_keys", pa.list_(pa.uint64(), bands)),  # null when n_shingles == 0
             ("signature", pa.list_(pa.uint32(), num_perm)),  # null when n_shingles == 0
-            ("shingles", pa.large_list(pa.uint32())),  # shingle hashes in text order; empty when none
+            ("shingles", pa.large_binary()),  # shingle hashes in text order, little-endian uint32s
+            ("origin_file", pa.string()),
+            ("origin_row", pa.int64()),
+            ("raw_prefix", pa.string()),  # the conversation's first RAW_PREFIX_CHARS characters
         ]
     )
 
 
-#: Columns of random hashes: written without a dictionary, which cannot shrink them.
+#: Columns of random hashes: written without a dictionary, compression or statistics.
 HASH_COLUMNS = ("exact_key", "band_keys", "signature", "shingles")
 
 
@@ -58,20 +65,21 @@ def signature_config(cfg: DedupConfig) -> dict:
 def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int) -> pa.RecordBatch:
     """Signature rows of one batch of records (vectorised over the batch)."""
     n = batch.num_rows
+    conversation = mh.project_arrow(batch.column("messages"), "conversation")
     if cfg.enabled:
-        texts = mh.normalise_batch(batch.column("messages"), cfg.projection, cfg.shingle)
+        projected = conversation if cfg.projection == "conversation" else mh.project_arrow(
+            batch.column("messages"), cfg.projection)
+        texts = mh.normalise_texts(projected, cfg.shingle)
         keys, units = texts.exact_keys(), texts.units()
-        hashes, counts = mh.shingle_hashes(texts, cfg.shingle_size)
-        sig = mh.minhash_batch(hashes, counts, cfg.num_perm, cfg.seed)
-        bkeys = mh.band_keys(sig, bands, rows)
+        hashes, counts, sig, bkeys = mh.sketch(texts, cfg.shingle_size, cfg.num_perm, cfg.seed, bands, rows)
     else:  # pass-through: nothing is compared, so nothing is computed
         keys, units = [None] * n, ["word"] * n
         counts, hashes = np.zeros(n, np.int64), np.empty(0, np.uint32)
         sig = np.zeros((n, cfg.num_perm), np.uint32)
         bkeys = np.zeros((n, bands), np.uint64)
     empty = pa.array(counts == 0)
-    shingle_offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(counts, out=shingle_offsets[1:])
+    shingle_offsets = np.zeros(n + 1, np.int64)  # in bytes
+    np.cumsum(counts * 4, out=shingle_offsets[1:])
     schema = signature_schema(cfg.num_perm, bands)
     cols = {
         "record_id": batch.column("record_id"),
@@ -85,7 +93,11 @@ def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int
         "n_shingles": pa.array(counts.astype(np.int32)),
         "band_keys": pa.FixedSizeListArray.from_arrays(pa.array(bkeys.ravel()), bands, mask=empty),
         "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), cfg.num_perm, mask=empty),
-        "shingles": pa.LargeListArray.from_arrays(pa.array(shingle_offsets), pa.array(hashes, pa.uint32())),
+        "shingles": pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [
+            None, pa.py_buffer(shingle_offsets), pa.py_buffer(np.ascontiguousarray(hashes, "<u4"))]),
+        "origin_file": batch.column("origin_file"),
+        "origin_row": batch.column("origin_row"),
+        "raw_prefix": pc.utf8_slice_codeunits(conversation, 0, RAW_PREFIX_CHARS),
     }
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
@@ -101,7 +113,7 @@ def signatures(root: str, recipe: dict, convert_manifest: dict) -> dict:
         n = 0
         progress = Progress(f"{STEP} {label}")
         schema = signature_schema(cfg.num_perm, bands)
-        out = writer.table(TABLE, schema, use_dictionary=[c for c in schema.names if c not in HASH_COLUMNS])
+        out = writer.table(TABLE, schema, hash_columns=HASH_COLUMNS)
         for batch in store.iter_batches(convert_manifest, "records", READ_COLUMNS, batch_size=cfg.batch_rows):
             out.write(compute_batch(batch, cfg, bands, rows))
             n += batch.num_rows
