@@ -21,7 +21,7 @@ from tasks.config import DedupConfig, Recipe
 from tasks.dedup.signatures import TABLE as SIG_TABLE
 from tasks.dedup.signatures import lsh_params
 from tasks.errors import TunelineError
-from tasks.schema import REJECTS, reject_row
+from tasks.schema import REJECTS
 from tasks.step import input_ref, logger, run_step
 from tasks.store import ArtifactStore
 
@@ -302,18 +302,18 @@ def _write_removed(writer, store, shards, offsets, removed, related, reason, sim
         "row": meta["row"].gather(gone).to_arrow(),
         "record_id": meta["record_id"].gather(gone).to_arrow(),
     }))
-    related_ids = meta["record_id"].gather(related[gone]).to_list()
-    rows = []
-    for shard, (_, sig) in enumerate(shards):
-        in_shard = gone[(gone >= offsets[shard]) & (gone < offsets[shard + 1])]
-        sub = store.take(sig, SIG_TABLE, in_shard - offsets[shard],
-                         ["record_id", "source", "origin_file", "origin_row", "raw_prefix"])
-        rows += zip(in_shard.tolist(), *(sub.column(c).to_pylist() for c in sub.column_names))
-    writer.write("rejects", REJECTS, [
-        reject_row(STEP, reason[g], record_id=rid, source=src, origin_file=f, origin_row=r,
-                   related_id=related_ids[k], detail=f"jaccard {sim[g]:.3f} to kept record", raw=raw)
-        for k, (g, rid, src, f, r, raw) in enumerate(rows)
-    ])
+    columns = ["record_id", "source", "origin_file", "origin_row", "raw_prefix"]
+    found = pa.concat_tables([store.take(sig, SIG_TABLE, gone[(gone >= offsets[k]) & (gone < offsets[k + 1])] - offsets[k],
+                                         columns) for k, (_, sig) in enumerate(shards)])
+    n = len(gone)
+    writer.write("rejects", REJECTS, pa.table({
+        "step": pa.array([STEP] * n, pa.string()),
+        "reason": pa.array(reason[gone].tolist(), pa.string()),
+        "detail": pa.array([f"jaccard {x:.3f} to kept record" for x in sim[gone].tolist()], pa.string()),
+        **{c: found.column(c) for c in ("source", "origin_file", "origin_row", "record_id")},
+        "related_id": meta["record_id"].gather(related[gone]).to_arrow(),
+        "raw_prefix": found.column("raw_prefix"),
+    }))
 
 
 def _pass_through(writer, shards) -> None:
