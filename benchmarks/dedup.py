@@ -257,9 +257,17 @@ def one(args) -> None:
     """Run one implementation on one prepared data set (a subprocess of `main`)."""
     import shutil
 
-    import datasketch  # noqa: F401  imported before the pool forks, so workers start warm,
-    import prefect  # noqa: F401  as they are in the flow's Prefect task runner
+    # Imported and used once before the pool forks, so the workers start as warm as the flow's
+    # task runner workers are when they reach dedup (ingest and convert ran there before):
+    # Prefect's run logger and pyarrow's first pa.array() (which imports pandas) are loaded.
+    # The numba kernels are not: each worker loads them itself, as in the flow.
+    import datasketch  # noqa: F401
+    import pyarrow as pa
+    from prefect import get_run_logger  # noqa: F401
+
     import tasks.dedup  # noqa: F401
+
+    pa.array([0])
     from tasks.store import ArtifactStore
 
     store = ArtifactStore(args.root)

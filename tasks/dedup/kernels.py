@@ -82,10 +82,15 @@ def _normalise_ascii(data, s, e, out, w):
         e -= 1
     if s == e:
         return w
-    for p in range(s, e - 1):
-        out[w] = _FOLD[data[p]]
-        w += 1 - (_IS_WS[data[p]] & _IS_WS[data[p + 1]])
-    out[w] = _FOLD[data[e - 1]]
+    c = data[s]
+    ws = _IS_WS[c]
+    for p in range(s + 1, e):
+        next_c = data[p]
+        next_ws = _IS_WS[next_c]
+        out[w] = _FOLD[c]
+        w += 1 - (ws & next_ws)
+        c, ws = next_c, next_ws
+    out[w] = _FOLD[c]
     return w + 1
 
 
