@@ -192,6 +192,16 @@ def test_short_texts_fall_back_to_exact(tmp_path):
     assert {rows[2]["record_id"], rows[3]["record_id"]} <= kept_ids(t)
 
 
+def test_short_and_long_texts_in_one_shard(tmp_path):
+    """Short texts have no band keys (null); the long ones of the same shard are still compared."""
+    long_text = "the quick brown fox jumps over the lazy dog near the river bank today and tomorrow"
+    rows = [rec("a", "yes", row=0), rec("a", long_text, row=1), rec("a", long_text + " again", row=2),
+            rec("a", "no", row=3)]
+    m, t = run(tmp_path, [rows])
+    assert m["stats"]["near_removed"] == 1 and m["stats"]["rows_out"] == 3
+    assert {rows[0]["record_id"], rows[3]["record_id"]} <= kept_ids(t)
+
+
 def test_chinese_near_duplicates_use_character_shingles(tmp_path):
     base = "机器学习是人工智能的一个分支它使计算机能够在没有明确编程的情况下从数据中学习并做出预测或决策这种方法在图像识别语音处理和自然语言理解等领域取得了巨大成功"
     near = base.replace("巨大", "很大")

@@ -124,7 +124,9 @@ def _load_band_keys(store: ArtifactStore, shards: list[tuple[dict, dict]], bands
     for _, sig in shards:
         for f in store.paths(sig, SIG_TABLE):
             col = pq.ParquetFile(f).read(columns=["band_keys"]).column("band_keys").combine_chunks()
-            parts.append(np.asarray(col.values).reshape(-1, bands) if len(col) else np.empty((0, bands), np.uint64))
+            # records without shingles have null band keys (never compared): 0 keeps the dtype
+            keys = col.values.fill_null(0).to_numpy() if len(col) else np.empty(0, np.uint64)
+            parts.append(keys.reshape(-1, bands))
     return np.concatenate(parts) if parts else np.empty((0, bands), np.uint64)
 
 
