@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU wheel first: any other torch spec pulls the CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# The dedup kernels, compiled ahead of time for this machine (tasks/dedup/aot.py).
+	$(BIN)/python -m tasks.dedup.aot
 	touch $@
 
 install: $(VENV)/.installed

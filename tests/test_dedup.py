@@ -122,6 +122,49 @@ def test_batch_normalisation_and_shingles_equal_the_scalar_definitions(mode):
             assert flat.tolist() == [mh.shingle_hash(s) for ss in shingles for s in ss]
 
 
+def test_ahead_of_time_kernels_equal_the_jit_kernels():
+    """The extension module built from kernels.py (what the pipeline loads) against the same
+    functions under numba's JIT, on random ASCII and non-ASCII text."""
+    from tasks.dedup import aot, kernels
+
+    compiled = aot.load()
+    assert compiled is not kernels, "the ahead-of-time build failed on this machine (see the log)"
+    rng = random.Random(11)
+    texts = [" ".join(words(rng, rng.randint(0, 60))) + rng.choice(["", " \t", "\n\n"]) for _ in range(300)]
+    texts += ["", "   ", "中文字符没有空格的句子很长很长", "ÉCOLE  d'été"]
+    arr = pa.array(texts)
+    data = np.frombuffer(arr.buffers()[2], np.uint8)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32).astype(np.int64)
+    is_ascii = np.array([t.isascii() for t in texts])
+    repl = "".join(mh.normalise(t) for t, a in zip(texts, is_ascii) if not a).encode()
+    repl_offsets = np.cumsum([0] + [len(mh.normalise(t).encode()) for t, a in zip(texts, is_ascii) if not a])
+    args = (data, offsets, is_ascii, np.frombuffer(repl, np.uint8), repl_offsets.astype(np.int64))
+    for x, y in zip(compiled.normalise(*args), kernels.normalise(*args)):
+        assert np.array_equal(x, y)
+    norm, norm_offsets = kernels.normalise(*args)
+    by_char = np.array([mh.choose_unit(t, "word") == "char" for t in map(mh.normalise, texts)])
+    a, b = mh.permutations(64, 3)
+    for k in (1, 5):
+        sketch_args = (norm, norm_offsets, by_char, k, a, b, 8, 8)
+        for x, y in zip(compiled.sketch(*sketch_args), kernels.sketch(*sketch_args)):
+            assert np.array_equal(x, y)
+
+
+def test_kernels_fall_back_to_jit_when_the_build_fails(monkeypatch, caplog):
+    from tasks.dedup import aot, kernels
+
+    def no_compiler(*_args, **_kwargs):
+        raise OSError("no C compiler")
+
+    monkeypatch.setattr(aot, "_loaded", None)
+    monkeypatch.setattr(aot, "build", no_compiler)
+    assert aot.load() is kernels
+    assert "no ahead-of-time build (OSError: no C compiler); using numba JIT" in caplog.text
+    monkeypatch.setattr(aot, "_loaded", None)
+    monkeypatch.setenv("TUNELINE_DEDUP_KERNELS", "jit")
+    assert aot.load() is kernels
+
+
 def test_vectorised_hash_equals_scalar_definition():
     rng = random.Random(1)
     texts = [mh.normalise(" ".join(words(rng, rng.randint(0, 20)))) for _ in range(50)]

@@ -1,6 +1,6 @@
 """Text projection, normalisation, shingle hashing and MinHash: the scalar definitions below
 (the tests hold datasketch and the batch versions to them) and the batch versions, which run
-compiled loops over a batch's bytes (`kernels.py`).
+compiled loops over a batch's bytes (`kernels.py`, loaded through `aot.py`).
 
 Definitions:
 
@@ -34,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
+
+from tasks.dedup import aot
 
 #: Scripts written without spaces between words: CJK ideographs, kana, Thai, Lao, Myanmar, Khmer.
 _NO_SPACE_SCRIPT = re.compile(
@@ -143,8 +145,7 @@ class Normalised:
 def normalise_texts(texts: pa.Array, shingle: str = "word") -> Normalised:
     """`normalise` and `choose_unit` of every text of an Arrow string array. ASCII texts (the
     common case) are normalised by a compiled loop over their bytes; the others in Python."""
-    from tasks.dedup import kernels
-
+    kernels = aot.load()
     texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     texts = pc.fill_null(texts.cast(pa.large_string()), "")
     n = len(texts)
@@ -179,8 +180,7 @@ def sketch(texts: Normalised, k: int, num_perm: int, seed: int, bands: int, rows
     """(flat shingle hashes, shingles per text, signatures len(texts) x num_perm uint32, band
     keys len(texts) x bands uint64) of a batch, by one compiled loop over its texts. Rows of
     texts without shingles are all 0xFFFFFFFF (datasketch's empty MinHash)."""
-    from tasks.dedup import kernels
-
+    kernels = aot.load()
     a, b = permutations(num_perm, seed) if num_perm else (np.empty(0, np.uint32), np.empty(0, np.uint32))
     return kernels.sketch(texts.data, texts.offsets, texts.by_char, k, a, b, bands, rows)
 
@@ -212,6 +212,5 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     Equal bands give equal keys; unequal bands collide with probability ~2**-64,
     and a collision only adds a candidate that verification then rejects.
     """
-    from tasks.dedup import kernels
-
+    kernels = aot.load()
     return kernels.band_keys(np.ascontiguousarray(sig, np.uint32), bands, rows)
