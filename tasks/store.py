@@ -208,22 +208,17 @@ class StepWriter:
         store.inside(store.root / step)
         self.dir = store.root / step / f".staging-{key}-{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
         self.dir.mkdir(parents=True)
-        self._tables: dict[tuple[str, int], _TableWriter] = {}
+        self._tables: dict[str, _TableWriter] = {}
         self.stats: dict[str, Any] = {}
 
-    def table(self, name: str, schema: pa.Schema, part_rows: int = PART_ROWS, group: int | None = None,
+    def table(self, name: str, schema: pa.Schema, part_rows: int = PART_ROWS,
               hash_columns: tuple[str, ...] = ()) -> _TableWriter:
-        """The writer of a table. With `group`, a separate run of parts (files
-        `<name>-g<group>-<n>.parquet`) that another thread can write at the same time; the
-        manifest lists a table's parts group by group, the ungrouped ones first.
-        `hash_columns`: columns of random hashes, written without a dictionary, compression
-        or min/max statistics, which cannot shrink or summarise them (several times faster)."""
-        safe_name(name, "table name")
-        key = (name, -1 if group is None else group)
-        if key not in self._tables:
-            prefix = name if group is None else f"{name}-g{group:04d}"
-            self._tables[key] = _TableWriter(self.dir, prefix, schema, part_rows, hash_columns)
-        return self._tables[key]
+        """The writer of a table. `hash_columns`: columns of random hashes, written without a
+        dictionary, compression or min/max statistics, which cannot shrink or summarise them
+        (several times faster)."""
+        if name not in self._tables:
+            self._tables[safe_name(name, "table name")] = _TableWriter(self.dir, name, schema, part_rows, hash_columns)
+        return self._tables[name]
 
     def write(self, name: str, schema: pa.Schema, data) -> None:
         self.table(name, schema).write(data)
@@ -234,9 +229,7 @@ class StepWriter:
         self.meta.setdefault("files", []).append(name)
 
     def commit(self) -> dict:
-        tables: dict[str, list[dict]] = {}
-        for (name, _group), w in sorted(self._tables.items(), key=lambda item: item[0]):
-            tables.setdefault(name, []).extend(w.close())
+        tables = {name: w.close() for name, w in self._tables.items()}
         manifest = {
             **self.meta,
             "step": self.step,

@@ -360,30 +360,6 @@ def test_failed_step_releases_its_unfinished_part(store):
     assert _open_files_under(store.root) == {}
 
 
-def test_grouped_parts_written_by_threads_read_back_in_group_order(store):
-    """Groups of one table, written at once by threads, are listed group by group (ungrouped
-    parts first), each group's parts in order; the table reads back in that order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    w = store.begin("g", "k" * 32)
-    w.write("things", SCHEMA, [{"x": -1}])
-    for g in range(3):
-        w.table("things", SCHEMA, part_rows=4, group=g)
-
-    def write(g):
-        for i in range(0, 10, 3):  # several writes, rolling over parts of 4 rows
-            w.table("things", SCHEMA, group=g).write([{"x": 100 * g + j} for j in range(i, min(i + 3, 10))])
-
-    with ThreadPoolExecutor(3) as pool:
-        list(pool.map(write, [2, 0, 1]))
-    m = w.commit()
-    files = [p["file"] for p in m["tables"]["things"]]
-    assert files[0] == "things-00000.parquet" and files[1:4] == [f"things-g0000-{i:05d}.parquet" for i in range(3)]
-    assert files[-1] == "things-g0002-00002.parquet" and len(files) == 10
-    got = store.read(m, "things")["x"].to_pylist()
-    assert got == [-1] + [100 * g + j for g in range(3) for j in range(10)]
-
-
 def test_take_reads_rows_across_parts_and_row_groups(store):
     w = store.begin("t", "k" * 32)
     out = w.table("things", SCHEMA, part_rows=7)

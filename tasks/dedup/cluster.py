@@ -1,8 +1,8 @@
 """Step `dedup`: exact groups, LSH candidate pairs, verification, clusters, one kept per cluster.
 
-Reads only the `dedup_signatures` tables: ids, keys and band keys to find candidates, then
-the shingle hashes (verify: exact) or signatures (estimate) of candidate records only.
-Record text is read only for the removed rows, to write their `rejects`. The kept rows
+Reads only the `dedup_signatures` tables, never the records: ids, keys and band keys to find
+candidates, the shingle hashes (verify: exact) or signatures (estimate) of candidate records
+only, and the origin and text prefix of the removed ones for their `rejects`. The kept rows
 are not copied: `dedup_removed` lists where each removed row sits in the convert shards,
 and `survivors()` streams the convert shards without them (what `split` reads).
 """
