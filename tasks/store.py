@@ -124,6 +124,22 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
 
 
+def _column_options(schema: pa.Schema, hash_columns: tuple[str, ...]) -> dict:
+    """ParquetWriter options: zstd with dictionaries and statistics, except for the leaf
+    columns of `hash_columns`. Per-column options name Parquet leaf paths (a nested column
+    left out of a compression dict would be written uncompressed), so the paths are taken
+    from the Parquet schema of an empty table."""
+    if not hash_columns:
+        return {"compression": "zstd"}
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    leaves = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    paths = [leaves.column(i).path for i in range(len(leaves))]
+    plain = [p for p in paths if p.split(".")[0] not in hash_columns]
+    return {"compression": {p: "zstd" if p in plain else "none" for p in paths},
+            "use_dictionary": plain, "write_statistics": plain}
+
+
 @dataclass
 class _TableWriter:
     """Streams record batches of one table into rolling zstd Parquet parts."""
@@ -159,11 +175,7 @@ class _TableWriter:
     def _open(self) -> None:
         self._final = self.directory / f"{self.name}-{len(self.parts):05d}.parquet"
         self._tmp = self.directory / f".{self._final.name}.tmp"
-        plain = [c for c in self.schema.names if c not in self.hash_columns]
-        self._writer = pq.ParquetWriter(
-            self._tmp, self.schema, use_dictionary=plain if self.hash_columns else True,
-            write_statistics=plain if self.hash_columns else True,
-            compression={c: "zstd" if c in plain else "none" for c in self.schema.names})
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, **_column_options(self.schema, self.hash_columns))
         self._rows = 0
 
     def _close_part(self) -> None:

@@ -360,6 +360,25 @@ def test_failed_step_releases_its_unfinished_part(store):
     assert _open_files_under(store.root) == {}
 
 
+def test_every_column_is_zstd_except_hash_columns(store):
+    """Nested columns too (a per-column option names Parquet leaf paths, not field names)."""
+    schema = pa.schema([("msgs", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+                        ("sig", pa.list_(pa.uint32(), 4)), ("key", pa.string())])
+    rows = [{"msgs": [{"role": "user", "content": "hi " * 20}], "sig": [1, 2, 3, i], "key": str(i)} for i in range(50)]
+    w = store.begin("c", "k" * 32)
+    w.table("plain", schema).write(rows)
+    w.table("hashed", schema, hash_columns=("sig",)).write(rows)
+    m = w.commit()
+
+    def codecs(table):
+        md = pq.ParquetFile(store.paths(m, table)[0]).metadata.row_group(0)
+        return {md.column(i).path_in_schema: md.column(i).compression for i in range(md.num_columns)}
+
+    assert set(codecs("plain").values()) == {"ZSTD"}
+    assert codecs("hashed") == {"msgs.list.element.role": "ZSTD", "msgs.list.element.content": "ZSTD",
+                                "sig.list.element": "UNCOMPRESSED", "key": "ZSTD"}
+
+
 def test_take_reads_rows_across_parts_and_row_groups(store):
     w = store.begin("t", "k" * 32)
     out = w.table("things", SCHEMA, part_rows=7)
