@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	# The dedup kernels, compiled ahead of time for this machine (tasks/dedup/aot.py).
-	$(BIN)/python -m tasks.dedup.aot
+	$(BIN)/python -c 'from tasks.dedup import aot; aot.main()'
 	touch $@
 
 install: $(VENV)/.installed

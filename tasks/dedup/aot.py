@@ -6,7 +6,7 @@ on two workers. So the three entry points (`normalise`, `sketch`, `band_keys`) a
 once with `numba.pycc` into an extension module for this machine (its CPU, Python and
 numba), kept under `tasks/dedup/__pycache__/`, and imported in a millisecond, without numba.
 
-`make install` builds it (`python -m tasks.dedup.aot`); otherwise the first process that needs
+`make install` builds it (`aot.main()`); otherwise the first process that needs
 it does (about 10 s, under a file lock so parallel workers build it once). Where it cannot be
 built (no C compiler, a read-only checkout, a numba without pycc), `load()` logs why and
 returns the JIT functions of `kernels.py`: the same code, slower to start.
@@ -81,19 +81,20 @@ def build(directory: Path = CACHE_DIR) -> Path:
         if final.exists():
             return final
         import llvmlite.binding as llvm
-        from numba.pycc import CC
 
         from tasks.dedup import kernels
 
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=directory))
         try:
-            cc = CC(name)
-            cc.output_dir = str(staging)
-            cc.target_cpu = llvm.get_host_cpu_name()  # this machine's vector units, as the JIT uses
-            for export, signature in _signatures().items():
-                cc.export(export, signature)(getattr(kernels, export).py_func)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # pycc's own deprecation notice
+                warnings.simplefilter("ignore")  # pycc's pending-deprecation notice (README: known limitations)
+                from numba.pycc import CC
+
+                cc = CC(name)
+                cc.output_dir = str(staging)
+                cc.target_cpu = llvm.get_host_cpu_name()  # this machine's vector units, as the JIT uses
+                for export, signature in _signatures().items():
+                    cc.export(export, signature)(getattr(kernels, export).py_func)
                 cc.compile()
             os.replace(staging / final.name, final)
         finally:
@@ -126,8 +127,9 @@ def load() -> ModuleType:
     return _loaded
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`make install`: build the kernels now; say so, without failing, when they cannot be."""
     try:
         print(f"dedup kernels: {build()}")
-    except Exception as exc:  # noqa: BLE001  the pipeline falls back to JIT: say so, do not fail the install
+    except Exception as exc:  # noqa: BLE001  the pipeline falls back to JIT
         print(f"dedup kernels: no ahead-of-time build ({type(exc).__name__}: {exc}); the JIT kernels will be used")

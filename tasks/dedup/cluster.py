@@ -452,8 +452,8 @@ def _run(writer, store: ArtifactStore, shards, cfg: DedupConfig, priorities: dic
 
 
 def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_manifests: list[dict]) -> dict:
-    """Step `dedup` over all convert shards; returns its manifest (tables records_dedup,
-    dedup_clusters, rejects)."""
+    """Step `dedup` over all convert shards; returns its manifest (tables dedup_clusters,
+    dedup_removed, rejects; `survivors()` reads the kept records through it)."""
     rec = Recipe.model_validate(recipe)
     cfg = rec.dedup
     store = ArtifactStore(root)

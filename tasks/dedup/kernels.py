@@ -2,8 +2,9 @@
 definitions of `minhash.py`, text by text over a batch's bytes, so each text's units,
 shingles and signature are made while they are still in the CPU cache.
 
-`cache=True` keeps the compiled code under `__pycache__`, so only the first process after
-a change compiles (a few seconds); later ones load it.
+The pipeline loads them through `aot.py`, compiled ahead of time from this file. Under JIT
+(the fallback, and the tests that compare the two), `cache=True` keeps the compiled code under
+`__pycache__`, so only the first process after a change compiles them.
 """
 from __future__ import annotations
 
