@@ -327,8 +327,8 @@ class ArtifactStore:
         """Read one table across one or several manifests (small tables only)."""
         if isinstance(manifests, dict):
             manifests = [manifests]
-        files = [str(p) for m in manifests for p in self.paths(m, table)]
-        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else None
+        files = [p for m in manifests for p in self.paths(m, table)]
+        return pa.concat_tables([pq.ParquetFile(f).read(columns=columns) for f in files]) if files else None
 
     def take(self, manifest: dict, table: str, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """The rows `rows` (sorted row numbers over the table's parts, in manifest order) of a

@@ -122,7 +122,7 @@ def load() -> ModuleType:
                 from tasks.step import logger
 
                 logger().warning(f"dedup kernels: no ahead-of-time build ({type(exc).__name__}: {exc}); "
-                            f"using numba JIT, about 0.5 s more per process")
+                                 f"using numba JIT, about 0.5 s more per process")
                 from tasks.dedup import kernels as _loaded
     return _loaded
 

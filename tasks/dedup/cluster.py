@@ -13,7 +13,6 @@ from typing import Iterator
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -120,14 +119,9 @@ def _exact_edges(meta: pl.DataFrame, rank: np.ndarray, scope_code: np.ndarray) -
 
 # -- LSH candidate stage ------------------------------------------------------------------
 def _load_band_keys(store: ArtifactStore, shards: list[tuple[dict, dict]], bands: int) -> np.ndarray:
-    parts = []
-    for _, sig in shards:
-        for f in store.paths(sig, SIG_TABLE):
-            col = pq.ParquetFile(f).read(columns=["band_keys"]).column("band_keys").combine_chunks()
-            # records without shingles have null band keys (never compared): 0 keeps the dtype
-            keys = col.values.fill_null(0).to_numpy() if len(col) else np.empty(0, np.uint64)
-            parts.append(keys.reshape(-1, bands))
-    return np.concatenate(parts) if parts else np.empty((0, bands), np.uint64)
+    col = store.read([sig for _, sig in shards], SIG_TABLE, ["band_keys"]).column("band_keys").combine_chunks()
+    # records without shingles have null band keys (never compared): 0 keeps the dtype
+    return col.values.fill_null(0).to_numpy().reshape(-1, bands) if len(col) else np.empty((0, bands), np.uint64)
 
 
 def _bucket_pairs(groups: pl.DataFrame) -> pl.DataFrame:
@@ -175,6 +169,13 @@ def _variant_mask(a: np.ndarray, b: np.ndarray, ex_code: np.ndarray, tpl_code: n
     return (ex_code[a] >= 0) & (ex_code[a] == ex_code[b]) & (tpl_code[a] != tpl_code[b])
 
 
+def _by_shard(idx: np.ndarray, offsets: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """(shard, its first global idx, rows within the shard) for every shard, of sorted global
+    record indices `idx`; `offsets[k]` is shard k's first global idx."""
+    bounds = np.searchsorted(idx, offsets)
+    return [(k, int(offsets[k]), idx[bounds[k] : bounds[k + 1]] - offsets[k]) for k in range(len(offsets) - 1)]
+
+
 # -- verification --------------------------------------------------------------------------
 class Verifier:
     """Jaccard of record pairs: exact over the sets of shingle hashes, or estimated from the
@@ -187,11 +188,10 @@ class Verifier:
 
     def load(self, idx: np.ndarray) -> None:
         need = np.setdiff1d(np.unique(idx), np.fromiter(self.data, np.int64, len(self.data)))
-        shard_of = np.searchsorted(self.offsets, need, side="right") - 1
         column = "signature" if self.cfg.verify == "estimate" else "shingles"
-        for shard in np.unique(shard_of):
-            base = int(self.offsets[shard])
-            rows = need[shard_of == shard] - base
+        for shard, base, rows in _by_shard(need, self.offsets):
+            if not len(rows):
+                continue
             lists = self.store.take(self.shards[shard][1], SIG_TABLE, rows, [column]).column(0).combine_chunks()
             if column == "signature":  # `take` gives arrays without an offset
                 for r, v in zip(rows.tolist(), np.asarray(lists.values).reshape(-1, self.cfg.num_perm)):
@@ -305,8 +305,8 @@ def _write_removed(writer, store, shards, offsets, removed, related, reason, sim
         "record_id": meta["record_id"].gather(gone).to_arrow(),
     }))
     columns = ["record_id", "source", "origin_file", "origin_row", "raw_prefix"]
-    found = pa.concat_tables([store.take(sig, SIG_TABLE, gone[(gone >= offsets[k]) & (gone < offsets[k + 1])] - offsets[k],
-                                         columns) for k, (_, sig) in enumerate(shards)])
+    found = pa.concat_tables([store.take(shards[shard][1], SIG_TABLE, rows, columns)
+                              for shard, _, rows in _by_shard(gone, offsets)])
     n = len(gone)
     writer.write("rejects", REJECTS, pa.table({
         "step": pa.array([STEP] * n, pa.string()),
