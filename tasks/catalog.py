@@ -1,8 +1,12 @@
 """`catalog.duckdb`: views over the latest published Parquet of every step.
 
-The catalog holds no data, only views naming Parquet files by absolute path. It is
-rebuilt into a temp file and renamed over the old one, so a reader holding the old
-file open keeps a consistent snapshot and never blocks a run.
+The catalog holds no data, only views naming Parquet files by paths relative to the
+artifacts directory, so a copied or moved directory keeps working: DuckDB resolves them
+against its working directory (`cd artifacts && duckdb catalog.duckdb`) or
+`file_search_path`. It is written in storage version `STORAGE_VERSION`, which every DuckDB
+since 1.0 reads (DuckDB 2.0's default format is unreadable before 2.0). It is rebuilt into
+a temp file and renamed over the old one, so a reader holding the old file open keeps a
+consistent snapshot and never blocks a run; `query` rebuilds a catalog of an older format.
 """
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ import io
 import json
 import os
 import secrets
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import duckdb
 
@@ -25,14 +30,27 @@ if TYPE_CHECKING:
 _READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 CATALOG = "catalog.duckdb"
+#: The oldest DuckDB storage format that holds views: DuckDB 1.0 and every later version open it.
+STORAGE_VERSION = "v1.0.0"
+#: Bumped when the catalog's layout changes; `query` rebuilds a catalog of another format.
+#: 2: paths relative to the artifacts directory, storage STORAGE_VERSION, `records.row_key`.
+FORMAT = 2
+HOW_TO_OPEN = ("paths are relative to the artifacts directory: cd there and run `duckdb catalog.duckdb`, "
+               "or SET file_search_path = '<artifacts directory>' first")
+_CWD_LOCK = threading.Lock()
 
 
 def _sql(name: str) -> str:
     return (SQL_DIR / name).read_text()
 
 
-def _file_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+def _literal(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _file_list(paths: list[Path], root: Path) -> str:
+    """A DuckDB list literal of the paths, relative to the artifacts root."""
+    return "[" + ", ".join(_literal(p.relative_to(root)) for p in paths) + "]"
 
 
 def view_files(store: "ArtifactStore") -> dict[str, list[Path]]:
@@ -45,24 +63,47 @@ def view_files(store: "ArtifactStore") -> dict[str, list[Path]]:
     return views
 
 
+def _records_parts(store: "ArtifactStore") -> str:
+    """VALUES rows (file, shard, label, first row) for every part of the convert shards, in
+    the order dedup numbers them, so `records` gets the (shard, row) that `dedup_removed` lists."""
+    rows = []
+    for shard, manifest in enumerate(store.latest_manifests("convert")):
+        first = 0
+        for path, part in zip(store.paths(manifest, "records"), manifest["tables"].get("records", [])):
+            rows.append(f"({_literal(path.relative_to(store.root))}, {shard}, "
+                        f"{_literal(manifest.get('label', manifest['key']))}, {first})")
+            first += part["rows"]
+    return ", ".join(rows)
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, store: "ArtifactStore") -> None:
+    root = store.root
+    runs = sorted((root / "runs").glob("*.jsonl"))
+    run_columns: set[str] = set()
+    if runs:
+        con.execute(_sql("views/runs.sql").format(files=_file_list(runs, root)))
+        run_columns = {r[0] for r in con.execute("DESCRIBE runs").fetchall()}
+    joinable = {"run_id", "step", "dir", "finished_at"} <= run_columns
+    parts = _records_parts(store)
+    for name, files in sorted(view_files(store).items()):
+        # A table with a view of its own: eval joins runs, records numbers its rows per shard
+        own = SQL_DIR / "views" / f"{name}.sql"
+        usable = own.exists() and (joinable if name == "eval" else bool(parts) if name == "records" else True)
+        template = f"views/{name}.sql" if usable else "views/table.sql"
+        con.execute(_sql(template).format(name=name, files=_file_list(files, root), parts=parts))
+    con.execute(_sql("views/tuneline_catalog.sql").format(format=FORMAT, storage=_literal(STORAGE_VERSION),
+                                                          how=_literal(HOW_TO_OPEN)))
+
+
 def rebuild(store: "ArtifactStore") -> Path:
     """Write a fresh catalog next to the old one and rename it into place."""
     final = store.root / CATALOG
     tmp = store.root / f".{CATALOG}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        con = duckdb.connect(str(tmp))
+        con = duckdb.connect(str(tmp), config={"storage_compatibility_version": STORAGE_VERSION})
         try:
-            runs = sorted((store.root / "runs").glob("*.jsonl"))
-            run_columns: set[str] = set()
-            if runs:
-                con.execute(_sql("views/runs.sql").format(files=_file_list(runs)))
-                run_columns = {r[0] for r in con.execute("DESCRIBE runs").fetchall()}
-            for name, files in sorted(view_files(store).items()):
-                # A table with a view of its own (sql/views/<name>.sql: eval joins runs)
-                own = SQL_DIR / "views" / f"{name}.sql"
-                joinable = {"run_id", "step", "dir", "finished_at"} <= run_columns
-                template = f"views/{name}.sql" if joinable and own.exists() else "views/table.sql"
-                con.execute(_sql(template).format(name=name, files=_file_list(files)))
+            con.execute("SET file_search_path = ?", [str(store.root)])  # views are bound as they are made
+            _create_views(con, store)
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -77,45 +118,103 @@ def rebuild(store: "ArtifactStore") -> Path:
     return final
 
 
-def connect_readonly(root: str | Path) -> duckdb.DuckDBPyConnection:
+def catalog_format(path: Path) -> int | None:
+    """The FORMAT a catalog file was written with (None: before formats were recorded)."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute("SELECT format FROM tuneline_catalog").fetchone()[0]
+    except duckdb.CatalogException:
+        return None
+    finally:
+        con.close()
+
+
+def _ensure_current(root: Path) -> Path:
+    """The catalog path, rebuilt first when it is missing (but steps are published) or of
+    another format (absolute paths into a directory that may have moved)."""
+    from tasks.store import ArtifactStore
+
+    path = root / CATALOG
+    if path.exists() and catalog_format(path) == FORMAT:
+        return path
+    if not (root / "latest.json").exists():
+        raise TunelineError(f"no catalog at {path}: run `tuneline run` or `tuneline demo` first")
+    store = ArtifactStore(root)
+    with store.lock():
+        if not path.exists() or catalog_format(path) != FORMAT:
+            rebuild(store)
+    return path
+
+
+def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
+    """A plain read-only connection, as a DuckDB user opens the catalog from anywhere: with
+    `file_search_path` at the artifacts directory. No sandbox; `readonly` is `tuneline query`'s."""
+    root = Path(root).resolve()
+    con = duckdb.connect(str(root / CATALOG), read_only=True)
+    con.execute("SET file_search_path = ?", [str(root)])
+    return con
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """DuckDB resolves the views' relative paths, and checks them against
+    `allowed_directories`, from the process's working directory."""
+    with _CWD_LOCK:
+        before = os.getcwd()
+        os.chdir(path)
+        try:
+            yield
+        finally:
+            os.chdir(before)
+
+
+@contextlib.contextmanager
+def readonly(root: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection that may read files under the artifacts root and nowhere else."""
     root = Path(root).resolve()
-    path = root / CATALOG
-    if not path.exists():
-        raise TunelineError(f"no catalog at {path}: run `tuneline run` or `tuneline demo` first")
-    con = duckdb.connect(str(path), read_only=True, config={"autoinstall_known_extensions": False,
-                                                             "autoload_known_extensions": False})
-    # Order matters: allow the root, then cut external access, then freeze the settings.
-    con.execute("SET allowed_directories = ?", [[str(root) + "/"]])
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    return con
+    path = _ensure_current(root)
+    with _working_dir(root):
+        con = duckdb.connect(str(path), read_only=True, config={"autoinstall_known_extensions": False,
+                                                                 "autoload_known_extensions": False})
+        try:
+            # Order matters: allow the root, then cut external access, then freeze the settings.
+            con.execute("SET allowed_directories = ?", [[str(root) + "/"]])
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            yield con
+        finally:
+            con.close()
+
+
+def _statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but exactly one SELECT or EXPLAIN, with DuckDB's own parser message."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise TunelineError(str(exc)) from None
+    refused = [str(s.type).split(".")[-1] for s in statements if s.type not in _READ_STATEMENTS]
+    if refused or len(statements) != 1:
+        raise TunelineError(
+            f"tuneline query runs exactly one read-only SELECT; refused: {refused or len(statements)}"
+        )
 
 
 def query(root: str | Path, sql: str, fmt: str = "table") -> str:
     """Run read-only SQL against the catalog and render the result as table, csv or json."""
-    con = connect_readonly(root)
-    try:
-        try:
-            statements = con.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise TunelineError(f"query does not parse: {exc}") from None
-        refused = [str(s.type).split(".")[-1] for s in statements if s.type not in _READ_STATEMENTS]
-        if refused or len(statements) != 1:
-            raise TunelineError(
-                f"tuneline query runs exactly one read-only SELECT; refused: {refused or len(statements)}"
-            )
+    if fmt not in ("table", "csv", "json"):
+        raise TunelineError(f"unknown format {fmt!r}: use table, csv or json")
+    with readonly(root) as con:
+        _statement(con, sql)
         try:
             rel = con.execute(sql)
+            cols = [d[0] for d in rel.description] if rel.description else []
+            rows = rel.fetchall() if cols else []
+        except duckdb.PermissionException as exc:
+            raise TunelineError(f"{exc} (tuneline query reads only files under {Path(root).resolve()})") from None
         except duckdb.Error as exc:
-            raise TunelineError(f"query refused or failed (the catalog is read-only, files outside "
-                                f"{Path(root).resolve()} are off limits): {exc}") from None
-        if rel.description is None:
-            return ""
-        cols = [d[0] for d in rel.description]
-        rows = rel.fetchall()
-    finally:
-        con.close()
+            raise TunelineError(str(exc)) from None
+    if not cols:
+        return ""
     if fmt == "json":
         return json.dumps([dict(zip(cols, r)) for r in rows], default=str, ensure_ascii=False, indent=1)
     if fmt == "csv":
@@ -124,8 +223,6 @@ def query(root: str | Path, sql: str, fmt: str = "table") -> str:
         w.writerow(cols)
         w.writerows(rows)
         return buf.getvalue()
-    if fmt != "table":
-        raise TunelineError(f"unknown format {fmt!r}: use table, csv or json")
     return render_table(cols, rows)
 
 

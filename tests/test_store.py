@@ -181,12 +181,12 @@ def test_symlinked_step_dir_escaping_root_is_not_followed(store, tmp_path):
 
 
 def test_publish_updates_latest_runs_and_catalog(store):
-    import duckdb
+    from tasks import catalog
 
     m = run_step(store, "s", 1, [], {}, "l", _body(4))
     run = RunLog(store, "run-1", "r.yaml")
     store.publish_step(run, "s", [m], [{"step": "s", "rows_out": 4}])
-    con = duckdb.connect(str(store.root / "catalog.duckdb"), read_only=True)
+    con = catalog.connect(store.root)
     assert con.execute("select count(*) from things").fetchone() == (4,)
     assert con.execute("select run_id, step from runs").fetchall() == [("run-1", "s")]
 

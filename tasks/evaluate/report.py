@@ -67,13 +67,10 @@ def catalog_comparison_rows(root: str) -> list[dict]:
 
     `tuneline query` accepts one plain SELECT only, and a dynamic PIVOT is several
     statements to DuckDB, so this runs the report on its own read-only connection."""
-    from tasks.catalog import connect_readonly
+    from tasks.catalog import readonly
 
-    con = connect_readonly(root)
-    try:
+    with readonly(root) as con:
         return _run_sql(con)
-    finally:
-        con.close()
 
 
 def _cell(v) -> str:

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
+from tasks import catalog
 from tasks.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def test_every_published_step_directory_verifies(two_runs):
 
 
 def test_both_runs_are_recorded_with_the_same_keys(two_runs):
-    con = duckdb.connect(str(two_runs / "catalog.duckdb"), read_only=True)
+    con = catalog.connect(two_runs)
     try:
         rows = con.execute("select run_id, step, label, key from runs order by run_id, step, label").fetchall()
     finally:
@@ -74,7 +74,7 @@ def test_catalog_counts_equal_the_manifests(two_runs):
             for table, parts in m["tables"].items():
                 expected[table] = expected.get(table, 0) + sum(p["rows"] for p in parts)
     assert {"records_raw", "records", "rejects"} <= set(expected)
-    con = duckdb.connect(str(two_runs / "catalog.duckdb"), read_only=True)
+    con = catalog.connect(two_runs)
     try:
         for table, n in expected.items():
             assert con.execute(f'select count(*) from "{table}"').fetchone()[0] == n, table

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
 
+from tasks import catalog
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
@@ -109,7 +109,7 @@ def test_worker_runs_the_data_refresh_deployment(deployed, demo_recipe, tmp_path
     assert {f"{s}-counts" for s in steps} <= set(by_key), sorted(by_key)
 
     # The catalog the run rebuilt agrees with the counts the UI shows.
-    con = duckdb.connect(str(out / "catalog.duckdb"), read_only=True)
+    con = catalog.connect(out)
     try:
         runs = con.execute("select step, sum(rows_out) from runs group by step").fetchall()
         records_out = con.execute("select sum(records_out) from runs where step = 'convert'").fetchone()[0]

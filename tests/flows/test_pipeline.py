@@ -1,11 +1,10 @@
 """The pipeline flow end to end on demo data, under a real Prefect test server."""
 from __future__ import annotations
 
-from pathlib import Path
 
-import duckdb
 import pytest
 
+from tasks import catalog
 from tasks.store import ArtifactStore
 
 pytestmark = pytest.mark.slow
@@ -22,7 +21,7 @@ def prepared_twice(prefect_server, demo_recipe, tmp_path_factory):
 
 
 def _runs(out, run_id):
-    con = duckdb.connect(str(Path(out) / "catalog.duckdb"), read_only=True)
+    con = catalog.connect(out)
     try:
         return con.execute(
             "select step, label, key, skipped, rows_in, rows_out, rows_rejected from runs where run_id = ? "
@@ -37,7 +36,7 @@ def test_every_step_accounts_for_every_row(prepared_twice):
     assert {r[0] for r in rows} >= {"ingest", "convert", "dedup", "split", "validate", "mix"}
     for step, label, _, _, rows_in, rows_out, rejected in rows:
         assert rows_in == rows_out + rejected, (step, label)
-    con = duckdb.connect(str(Path(out) / "catalog.duckdb"), read_only=True)
+    con = catalog.connect(out)
     n_raw = con.execute("select count(*) from records_raw").fetchone()[0]
     n_ingest_rejects = con.execute("select count(*) from rejects where step = 'ingest'").fetchone()[0]
     ingest_in = sum(r[4] for r in rows if r[0] == "ingest")

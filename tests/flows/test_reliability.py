@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
+from tasks import catalog
 from tasks.catalog import view_files
 from tasks.store import ArtifactStore
 
@@ -43,7 +43,7 @@ def run_cli(api_url, recipe, out, until="mix", fault=None, timeout=600):
 
 
 def last_run(out) -> list[tuple]:
-    con = duckdb.connect(str(Path(out) / "catalog.duckdb"), read_only=True)
+    con = catalog.connect(out)
     try:
         return con.execute(
             "select step, label, key, skipped from runs where run_id = "
