@@ -8,6 +8,10 @@ this step refuses to run if any `records_eval` row is). Output tables:
   replay_from (the earlier stage a replayed row comes from, else null).
 - `mixture_report`: per stage and component (a source, or `replay:<stage>`): rows, tokens,
   target_share, achieved_share, repeat_factor, and the tolerance the expectation checks.
+- `mixture_unselected`: every validated row a stage could draw from but did not pick, with
+  the reason (`cap_per_task`: its task has more rows than the cap; `downsampled`: the
+  stage's `total` is below what its source has; `share_met`: its source's share was filled
+  without it), and every validated row no stage draws from (`not_in_any_stage`).
 
 How a stage is planned (all stages are planned, and the report checked against
 `expectations/mixture.json`, before anything is written):
@@ -60,7 +64,7 @@ from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore
 
 STEP = "mix"
-VERSION = 1
+VERSION = 2  # 2: mixture_unselected
 SUITE = Path(__file__).resolve().parents[1] / "expectations" / "mixture.json"
 _EPS = 1e-9
 
@@ -94,6 +98,18 @@ MIXTURE_REPORT = pa.schema(
         ("allowed_error", pa.float64()),  # share_tolerance, + one row's share in unit `examples`
         ("repeat_factor", pa.float64()),  # selected / available (uncapped), in the stage's unit: <1 = downsampled
         ("max_repeat", pa.int32()),
+    ]
+)
+
+MIXTURE_UNSELECTED = pa.schema(
+    [
+        ("stage", pa.string()),  # null: no stage draws from the row's source and task
+        ("stage_index", pa.int32()),
+        ("record_id", pa.string()),
+        ("source", pa.string()),
+        ("task", pa.string()),
+        ("reason", pa.string()),  # cap_per_task, downsampled, share_met, not_in_any_stage
+        ("detail", pa.string()),
     ]
 )
 
@@ -568,9 +584,74 @@ def report_rows(pool: Pool, plan: StagePlan) -> list[dict]:
     return rows
 
 
-def report_markdown(rows: list[dict], warnings: list[str] = ()) -> str:
-    """The dry-run report: per stage and source, rows, tokens, target vs achieved, repeats."""
-    out = ["### Mixture (dry run)", ""] + [f"> warning: {w}" for w in warnings] + ([""] if warnings else [])
+def _unselected_reason(stage: StageConfig, comp: Component, task: str, task_rows: int) -> tuple[str, str]:
+    if stage.cap_per_task and task_rows > stage.cap_per_task:
+        return "cap_per_task", f"task {task!r} has {task_rows:,} rows, cap_per_task {stage.cap_per_task:,}"
+    if stage.total is not None:
+        return "downsampled", (f"stage total {stage.total:,} {stage.unit}: source {comp.name!r} "
+                               f"(share {comp.target:.3f}) draws from {comp.available_rows:,} rows")
+    return "share_met", (f"source {comp.name!r} filled its share {comp.target:.3f} of the stage "
+                         f"before using all {comp.available_rows:,} of its rows")
+
+
+def unselected_table(pool: Pool, plan: StagePlan) -> pa.Table:
+    """The rows the stage could draw from (its own sources and tasks) that its manifest does not use."""
+    used = np.zeros(len(pool), bool)
+    used[plan.order_idx] = True
+    left = plan.eligible[~used[plan.eligible]]
+    sources, tasks = pool.source[left], pool.task[left]
+    task_rows = _group_sizes(pool, plan.eligible)
+    comps = {c.name: c for c in plan.components}
+    why = {key: _unselected_reason(plan.stage, comps[key[0]], key[1], n) for key, n in task_rows.items()}
+    reasons = [why[(s, t)] for s, t in zip(sources.tolist(), tasks.tolist())]
+    n = len(left)
+    return pa.table({
+        "stage": pa.array([plan.stage.name] * n, pa.string()),
+        "stage_index": pa.array(np.full(n, plan.index, np.int32)),
+        "record_id": pool.record_id.take(pa.array(left, pa.int64())),
+        "source": pa.array(sources.tolist(), pa.string()),
+        "task": pa.array(tasks.tolist(), pa.string()),
+        "reason": pa.array([r for r, _ in reasons], pa.string()),
+        "detail": pa.array([d for _, d in reasons], pa.string()),
+    }, schema=MIXTURE_UNSELECTED)
+
+
+def _group_sizes(pool: Pool, rows: np.ndarray) -> dict[tuple[str, str], int]:
+    """(source, task) -> number of `rows` in it."""
+    src_names, src_codes, task_names, task_codes = pool.codes
+    key = src_codes[rows].astype(np.int64) * len(task_names) + task_codes[rows]
+    keys, counts = np.unique(key, return_counts=True)
+    return {(str(src_names[k // len(task_names)]), str(task_names[k % len(task_names)])): int(c)
+            for k, c in zip(keys.tolist(), counts.tolist())}
+
+
+def outside_stages_table(pool: Pool, plans: list[StagePlan]) -> pa.Table:
+    """Validated rows that no stage draws from (their source or task is in no stage)."""
+    drawn = np.zeros(len(pool), bool)
+    for plan in plans:
+        drawn[plan.eligible] = True
+    left = np.flatnonzero(~drawn)
+    n = len(left)
+    return pa.table({
+        "stage": pa.nulls(n, pa.string()),
+        "stage_index": pa.nulls(n, pa.int32()),
+        "record_id": pool.record_id.take(pa.array(left, pa.int64())),
+        "source": pa.array(pool.source[left].tolist(), pa.string()),
+        "task": pa.array(pool.task[left].tolist(), pa.string()),
+        "reason": pa.array(["not_in_any_stage"] * n, pa.string()),
+        "detail": pa.array(["no stage lists this source (and task)"] * n, pa.string()),
+    }, schema=MIXTURE_UNSELECTED)
+
+
+def report_markdown(rows: list[dict], warnings: list[str] = (), unselected: dict[str, int] | None = None) -> str:
+    """The mixture report: per stage and source, rows, tokens, target vs achieved, repeats,
+    and how many validated rows were not selected, by reason."""
+    out = ["### Mixture: target vs achieved shares per stage", ""]
+    out += [f"> warning: {w}" for w in warnings] + ([""] if warnings else [])
+    if unselected:
+        counts = ", ".join(f"{reason} {n:,}" for reason, n in sorted(unselected.items()))
+        out += [f"Validated rows not selected, by reason: {counts} (table `mixture_unselected`: "
+                "`tuneline query \"select stage, source, reason, count(*) from mixture_unselected group by all\"`)", ""]
     for stage in sorted({r["stage_index"]: r["stage"] for r in rows}.items()):
         part = [r for r in rows if r["stage"] == stage[1]]
         out += [
@@ -664,6 +745,10 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
         for plan in plans:
             writer.write("mixture", MIXTURE, mixture_table(pool, plan))
         writer.write("mixture_report", MIXTURE_REPORT, report)
+        unselected = pa.concat_tables([unselected_table(pool, p) for p in plans] + [outside_stages_table(pool, plans)])
+        writer.write("mixture_unselected", MIXTURE_UNSELECTED, unselected)
+        counts = unselected.group_by("reason").aggregate([("reason", "count")])
+        by_reason = dict(zip(counts["reason"].to_pylist(), counts["reason_count"].to_pylist()))
         rows_out = sum(len(p.order_idx) for p in plans)
         # rows in = rows out: a mixture row is a (record, stage, repeat) use, nothing is dropped here.
         writer.stats.update(
@@ -674,7 +759,8 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
             token_counting=how,
             warnings=planner.warnings,
             stages={p.stage.name: len(p.order_idx) for p in plans},
-            report_markdown=report_markdown(report, planner.warnings),
+            unselected=by_reason,
+            report_markdown=report_markdown(report, planner.warnings, by_reason),
         )
         logger().info(f"mix: {len(plans)} stages, {rows_out} rows from a pool of {len(pool)}")
 

@@ -360,3 +360,27 @@ def test_source_without_rows(tmp_path, counter):
     target = {"name": "s", "strategy": "target", "shares": {"flan": 0.5, "p3": 0.5}}
     with pytest.raises(RecipeError, match=r"sources \['p3'\] have no rows"):
         run_mix(tmp_path, [target], counter, rows=rows, name="b")
+
+
+def test_rows_not_selected_are_listed_with_their_reason(tmp_path, counter):
+    stages = [{"name": "nlp", "sources": ["flan"], "cap_per_task": 10},
+              {"name": "chat", "strategy": "target", "shares": {"dolly": 0.5, "sharegpt": 0.5}, "total": 16},
+              {"name": "warm", "sources": ["dolly", "sharegpt"], "strategy": "temperature", "temperature": 4}]
+    store, m = run_mix(tmp_path, stages, counter)
+    used = {(r["stage"], r["record_id"]) for r in table(store, m)}
+    left = table(store, m, "mixture_unselected")
+    assert not {(r["stage"], r["record_id"]) for r in left} & used
+    reasons = Counter((r["stage"], r["source"], r["reason"]) for r in left)
+    assert reasons[("nlp", "flan", "cap_per_task")] == (30 - 10) + (12 - 10)  # rte's 6 rows all fit
+    assert reasons[("chat", "dolly", "downsampled")] == 30 - 8
+    assert ("chat", "sharegpt", "downsampled") not in reasons  # its 8 rows are all used
+    assert reasons[("warm", "dolly", "share_met")] > 0  # sharegpt binds the stage; dolly's share fills first
+    assert reasons[(None, "p3", "not_in_any_stage")] == 24 and reasons[(None, "flan_cot", "not_in_any_stage")] == 10
+    for stage in ("nlp", "chat", "warm"):  # every row a stage could use is used or listed
+        sources = ["flan"] if stage == "nlp" else ["dolly", "sharegpt"]
+        eligible = {r["record_id"] for r in all_rows() if r["source"] in sources}
+        listed = {r["record_id"] for r in left if r["stage"] == stage}
+        assert listed | {i for s, i in used if s == stage} == eligible
+    assert "cap_per_task 22" in m["stats"]["report_markdown"] and "dry run" not in m["stats"]["report_markdown"]
+    details = {r["detail"] for r in left if r["reason"] == "cap_per_task"}
+    assert details == {"task 'anli' has 30 rows, cap_per_task 10", "task 'boolq' has 12 rows, cap_per_task 10"}

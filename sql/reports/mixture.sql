@@ -1,4 +1,4 @@
--- Mixture dry run: rows and tokens per source per stage, target vs achieved share, repeats.
+-- Mixture: rows and tokens per source per stage, target vs achieved share, repeats.
 -- Source `replay:<stage>` is the share replayed from an earlier stage.
 SELECT stage, source, unit, rows, tokens,
        round(target_share, 4) AS target_share,
