@@ -12,7 +12,7 @@ import torch
 from tasks.config import Recipe
 from tasks.errors import TunelineError
 from tasks.evaluate import EVAL, comparison_markdown, comparison_rows, evaluate
-from tasks.evaluate.scoring import greedy_generate, score_sequences
+from tasks.evaluate.scoring import greedy_generate, only_last_span, score_groups, score_sequences
 from tasks.evaluate.suites import ChoiceItem, Scorer, heldout_loss, rank_classify
 from tasks.mix import MIXTURE
 from tasks.schema import RECORDS, record_id
@@ -106,10 +106,40 @@ def test_rank_classification_picks_the_learned_answer(trained, tokenizer):
     picks = rank_classify(scorer(trained, tokenizer), items)
     assert [p[0] for p in picks] == [it.answer for it in items]  # summed log-likelihood
     assert [p[1] for p in picks] == [it.answer for it in items]  # length-normalised
-    assert all(p[2] for p in picks)
+    assert all(p.skipped is None for p in picks)
     # A wrong gold label is not what the model picks: the test can fail.
     wrong = ChoiceItem("qa", "color", [{"role": "user", "content": QA[0][0]}], ("blue", "green", "red"), 2)
     assert rank_classify(scorer(trained, tokenizer), [wrong])[0][0] == 0
+
+
+def test_shared_prefix_scoring_equals_scoring_each_choice_alone(trained, tokenizer):
+    # Choices of different lengths (one a prefix of another), several groups per batch, padding.
+    groups = []
+    for q, _, choices in QA + [("Say hello to the world.", None, ["Hello", "Hello world, nice to meet you.", "x"])]:
+        groups.append([])
+        for c in choices:
+            e = encode(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": c}], 96)
+            groups[-1].append((e.input_ids, only_last_span(e.labels)))
+    alone = score_sequences(trained, [s for g in groups for s in g], 1, tokenizer.pad_token_id, "cpu")
+    for batch_size in (1, 3):
+        shared = [s for g in score_groups(trained, groups, batch_size, tokenizer.pad_token_id, "cpu") for s in g]
+        assert [s.n_tokens for s in shared] == [s.n_tokens for s in alone]
+        assert [s.logprob for s in shared] == pytest.approx([s.logprob for s in alone], abs=1e-4)
+    assert score_groups(trained, [[]], 2, tokenizer.pad_token_id, "cpu") == [[]]
+
+
+def test_items_that_cannot_be_compared_are_skipped_with_a_reason(trained, tokenizer):
+    q = [{"role": "user", "content": QA[0][0]}]
+    items = [
+        ChoiceItem("qa", "color", q, ("blue", " "), 0),  # a choice with nothing to score
+        ChoiceItem("qa", "color", [{"role": "user", "content": "sky " * 200}], ("blue", "red"), 0),  # too long
+        ChoiceItem("qa", "color", q, ("blue", "red"), 0),
+    ]
+    for truncation in ("truncate", "drop"):  # "drop" encodes too-long rows to nothing: no crash either
+        sc = Scorer(trained, tokenizer, encode, 96, truncation, 2, "cpu")
+        picks = rank_classify(sc, items)
+        assert [p.skipped for p in picks] == ["empty_choice", "too_long", None]
+        assert picks[2].summed == 0
 
 
 def test_length_normalisation_divides_by_choice_characters(trained, tokenizer):
@@ -122,8 +152,8 @@ def test_length_normalisation_divides_by_choice_characters(trained, tokenizer):
         e = encode(tokenizer, item.context + [{"role": "assistant", "content": c}], 96)
         seqs.append((e.input_ids, e.labels))
     lp = [s.logprob for s in sc.score(seqs)]
-    summed, normed, ok = rank_classify(sc, [item])[0]
-    assert ok
+    summed, normed, skipped = rank_classify(sc, [item])[0]
+    assert skipped is None
     assert summed == max(range(2), key=lambda i: lp[i])
     assert normed == max(range(2), key=lambda i: lp[i] / len(item.choices[i]))
 

@@ -15,7 +15,7 @@ from tasks.errors import RecipeError
 from tasks.evaluate.mmlu import mmlu_files, read_mmlu_csv
 from tasks.evaluate.scoring import resolve_device
 from tasks.evaluate.suites import (
-    STEP, Scorer, SuiteResult, generation_suite, heldout_choices, heldout_loss, mmlu_suite,
+    STEP, Scorer, SuiteResult, generation_suite, heldout_choices, heldout_loss, mmlu_suite, model_context,
 )
 from tasks.schema import REJECTS
 from tasks.step import input_ref, logger, run_step
@@ -91,6 +91,12 @@ def load_heldout(store: ArtifactStore, split_manifest: dict, cap: int) -> tuple[
     return rows, int(total)
 
 
+def item_without_metric(reason: str) -> bool:
+    """Rejects of whole items (a held-out row with no loss, an MMLU question with no pick); the
+    others (no multiple-choice pick, no generation) leave the row's loss counted."""
+    return reason in ("too_long", "no_assistant_tokens") or reason.startswith("mmlu_")
+
+
 def _markdown(stage: str, rows: list[dict]) -> str:
     lines = [f"### evaluate: {stage}", "", "| suite | metric | source | value | n |", "|---|---|---|---|---|"]
     for r in rows:
@@ -148,7 +154,8 @@ def evaluate(root: str, recipe: dict, stage: str, model_manifest: dict | None, s
         questions = [q for f in files for q in read_mmlu_csv(f)]
         logger().info(f"evaluate {stage}: {len(records)} of {total} held-out rows, {len(questions)} MMLU "
                       f"questions, on {device}")
-        sc = Scorer(model, tokenizer, encode, rc.train.max_seq_len, rc.train.truncation, cfg.batch_size, device)
+        sc = Scorer(model, tokenizer, encode, min(rc.train.max_seq_len, model_context(model)), rc.train.truncation,
+                    cfg.batch_size, device)
         res = evaluate_loaded(sc, records, questions, cfg)
         run_id = os.environ.get("TUNELINE_RUN_ID") or None
         common = {"run_id": run_id, "stage": stage, "stage_index": index, "model_hash": model_hash,
@@ -158,8 +165,7 @@ def evaluate(root: str, recipe: dict, stage: str, model_manifest: dict | None, s
         writer.write("generations", GENERATIONS,
                      [{"stage": stage, "model_hash": model_hash, **g} for g in res.generations])
         writer.write("rejects", REJECTS, res.rejects)
-        whole = {"too_long", "no_assistant_tokens", "mmlu_too_long"}  # items with no metric at all
-        rejected = sum(r["reason"] in whole for r in res.rejects)
+        rejected = sum(item_without_metric(r["reason"]) for r in res.rejects)
         writer.stats.update(res.stats)
         writer.stats.update(
             rows_in=len(records) + len(questions), rows_out=len(records) + len(questions) - rejected,

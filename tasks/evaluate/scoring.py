@@ -56,9 +56,11 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 def score_sequences(
     model, seqs: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, device: str
 ) -> list[Score]:
-    """Summed log-likelihood and count of the labelled tokens of every sequence."""
-    out: list[Score | None] = [None] * len(seqs)
-    for idx in _batches([len(s[0]) for s in seqs], batch_size):
+    """Summed log-likelihood and count of the labelled tokens of every sequence (empty ones score 0 of 0)."""
+    out: list[Score] = [Score(0.0, 0)] * len(seqs)
+    nonempty = [i for i, s in enumerate(seqs) if s[0]]
+    for batch in _batches([len(seqs[i][0]) for i in nonempty], batch_size):
+        idx = [nonempty[b] for b in batch]
         width = max(len(seqs[i][0]) for i in idx)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
@@ -77,7 +79,85 @@ def score_sequences(
         counts = scored.sum(-1).cpu().tolist()
         for row, i in enumerate(idx):
             out[i] = Score(sums[row], int(counts[row]))
-    return out  # type: ignore[return-value]
+    return out
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """One group laid out as one row: the shared prefix once, then each sequence's rest."""
+
+    ids: list[int]
+    positions: list[int]
+    segment: list[int]  # -1 for the prefix, c for the rest of sequence c
+    targets: list[list[tuple[int, int]]]  # per sequence: (row index predicting it, token id) of scored tokens
+
+
+def _tree(seqs: list[tuple[list[int], list[int]]]) -> _Tree:
+    """Lay out a group: the longest common token prefix (ending before any scored token) once,
+    then each sequence's remaining tokens with positions continuing from the prefix."""
+    first_scored = min((next((t for t, v in enumerate(lab) if v != IGNORE), len(lab)) for _, lab in seqs))
+    p = 0
+    while p < first_scored and all(p < len(ids) and ids[p] == seqs[0][0][p] for ids, _ in seqs):
+        p += 1
+    row, pos, seg = list(seqs[0][0][:p]), list(range(p)), [-1] * p
+    targets = []
+    for c, (ids, labels) in enumerate(seqs):
+        start = len(row)
+        row += ids[p:]
+        pos += range(p, len(ids))
+        seg += [c] * (len(ids) - p)
+        # token t is predicted at the row index of token t-1: in the prefix, or in this sequence's rest
+        targets.append([(t - 1 if t - 1 < p else start + t - 1 - p, ids[t])
+                        for t in range(1, len(ids)) if labels[t] != IGNORE])
+    return _Tree(row, pos, seg, targets)
+
+
+def _tree_mask(trees: list[_Tree], width: int, dtype) -> torch.Tensor:
+    """Additive (B, 1, T, T) mask: causal, and a sequence's rest sees the prefix and itself only.
+    Padding attends to itself, so no row of the softmax is empty."""
+    mask = torch.zeros((len(trees), width, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for r, t in enumerate(trees):
+        n = len(t.ids)
+        seg = torch.tensor(t.segment)
+        same = (seg[:, None] == seg[None, :]) | (seg[None, :] == -1)
+        mask[r, :n, :n] = same & causal[:n, :n]
+        mask[r, n:, n:] = torch.eye(width - n, dtype=torch.bool)
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)[:, None]
+
+
+@torch.no_grad()
+def score_groups(
+    model, groups: list[list[tuple[list[int], list[int]]]], batch_size: int, pad_id: int, device: str
+) -> list[list[Score]]:
+    """`score_sequences` for groups of sequences that share a prefix (a prompt and its answer
+    choices): each group's common prefix is run once and its sequences' rests are scored as
+    branches of one row (a 4D attention mask keeps branches apart, positions restart after the
+    prefix), `batch_size` groups per forward. Each score equals the sequence's score alone up to
+    float rounding. Empty sequences score 0 of 0."""
+    out: list[list[Score]] = [[Score(0.0, 0)] * len(g) for g in groups]
+    live = [k for k, g in enumerate(groups) if g and all(ids for ids, _ in g)]
+    trees = {k: _tree(groups[k]) for k in live}
+    dtype = next(model.parameters()).dtype
+    for batch in _batches([len(trees[k].ids) for k in live], batch_size):
+        ks = [live[b] for b in batch]
+        width = max(len(trees[k].ids) for k in ks)
+        ids = torch.full((len(ks), width), pad_id, dtype=torch.long)
+        pos = torch.zeros((len(ks), width), dtype=torch.long)
+        for r, k in enumerate(ks):
+            n = len(trees[k].ids)
+            ids[r, :n] = torch.tensor(trees[k].ids)
+            pos[r, :n] = torch.tensor(trees[k].positions)
+        first = min((i for k in ks for tg in trees[k].targets for i, _ in tg), default=width - 1)
+        keep = torch.arange(first, width)  # logits only where some scored token is predicted
+        logits = model(input_ids=ids.to(device), position_ids=pos.to(device),
+                       attention_mask=_tree_mask([trees[k] for k in ks], width, dtype).to(device),
+                       logits_to_keep=keep.to(device)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1).cpu()
+        for r, k in enumerate(ks):
+            out[k] = [Score(float(sum(logp[r, i - first, tok].double() for i, tok in tg)), len(tg))
+                      for tg in trees[k].targets]
+    return out
 
 
 @torch.no_grad()

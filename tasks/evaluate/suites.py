@@ -6,11 +6,13 @@ import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from tasks.evaluate.metrics import exact_match, rouge_l
 from tasks.evaluate.mmlu import LETTERS, MmluItem, mmlu_prompt
-from tasks.evaluate.scoring import IGNORE, greedy_generate, last_span_start, only_last_span, score_sequences
+from tasks.evaluate.scoring import (
+    IGNORE, greedy_generate, last_span_start, only_last_span, score_groups, score_sequences,
+)
 from tasks.schema import reject_row
 
 STEP = "evaluate"
@@ -38,6 +40,11 @@ class Scorer:
 
     def score(self, seqs):
         return score_sequences(self.model, seqs, self.batch_size, self.pad_id, self.device)
+
+
+def model_context(model) -> int:
+    """The longest sequence the model's positions cover (a large number when the config does not say)."""
+    return int(getattr(model.config, "max_position_embeddings", None) or 1 << 30)
 
 
 @dataclass
@@ -81,7 +88,7 @@ def heldout_loss(sc: Scorer, records: list[dict]) -> tuple[SuiteResult, set[str]
         elif not any(v != IGNORE for v in enc.labels):
             reason = "no_assistant_tokens"
         if reason:
-            res.rejects.append(_reject(r, reason, f"max_seq_len {sc.max_seq_len}, {len(enc.input_ids)} tokens"))
+            res.rejects.append(_reject(r, reason, f"max_seq_len {sc.max_seq_len}, {enc.total_tokens} tokens"))
             continue
         truncated += bool(enc.truncated)
         seqs.append((list(enc.input_ids), list(enc.labels)))
@@ -122,26 +129,46 @@ class ChoiceItem:
     answer: int
 
 
-def rank_classify(sc: Scorer, items: list[ChoiceItem]) -> list[tuple[int, int, bool]]:
-    """Per item: (choice picked by summed log-likelihood, by length-normalised log-likelihood,
-    whether every choice could be scored). Length normalisation divides by the choice's
-    length in characters, as lm-evaluation-harness's acc_norm does."""
-    seqs, owner = [], []
-    ok = [True] * len(items)
-    for k, it in enumerate(items):
+class Pick(NamedTuple):
+    summed: int  # choice picked by summed log-likelihood
+    normed: int  # by log-likelihood per character of the choice
+    skipped: str | None  # why the item has no fair comparison (None: every choice was scored)
+
+
+def rank_classify(sc: Scorer, items: list[ChoiceItem]) -> list[Pick]:
+    """Pick a choice per item by summed and by length-normalised log-likelihood of the reply.
+
+    The prompt is run once per item and the choices are scored as its continuations, batched
+    (`score_groups`). Length normalisation divides by the choice's length in characters, as
+    lm-evaluation-harness's acc_norm does. An item is skipped, with the reason, when a choice is
+    empty (`empty_choice`), when the conversation with some choice does not fit `max_seq_len`
+    (`too_long`: the reply would be cut, so the scores would not compare), or when a choice has
+    no scored token (`choice_not_scored`)."""
+    groups, skipped = [], []
+    for it in items:
+        seqs, reason = [], None
         for choice in it.choices:
             enc = sc.enc(it.context + [{"role": "assistant", "content": choice}])
             labels = only_last_span(enc.labels)
-            if enc.truncated or all(v == IGNORE for v in labels):
-                ok[k] = False  # the reply was cut or is empty: the scores would not compare
+            if not choice.strip():
+                reason = reason or "empty_choice"
+            elif enc.truncated:
+                reason = reason or "too_long"
+            elif all(v == IGNORE for v in labels):
+                reason = reason or "choice_not_scored"
             seqs.append((list(enc.input_ids), labels))
-            owner.append(k)
-    scores = sc.score(seqs)
-    per_item: list[list[float]] = [[] for _ in items]
-    for k, s in zip(owner, scores):
-        per_item[k].append(s.logprob)
-    per_norm = [[lp / max(len(c), 1) for lp, c in zip(per_item[k], it.choices)] for k, it in enumerate(items)]
-    return [(_argmax(per_item[k]), _argmax(per_norm[k]), ok[k]) for k in range(len(items))]
+        groups.append([] if reason else seqs)
+        skipped.append(reason)
+    scores = score_groups(sc.model, groups, sc.batch_size, sc.pad_id, sc.device)
+    picks = []
+    for it, sc_item, reason in zip(items, scores, skipped):
+        if reason:
+            picks.append(Pick(-1, -1, reason))
+            continue
+        summed = [s.logprob for s in sc_item]
+        normed = [lp / max(len(c), 1) for lp, c in zip(summed, it.choices)]
+        picks.append(Pick(_argmax(summed), _argmax(normed), None))
+    return picks
 
 
 def _argmax(values: list[float]) -> int:
@@ -169,7 +196,7 @@ def choice_items(records: list[dict]) -> tuple[list[ChoiceItem], list[dict], lis
     return items, owners, rejects
 
 
-def accuracy_rows(suite: str, prefix: str, items: list[ChoiceItem], picks: list[tuple[int, int, bool]],
+def accuracy_rows(suite: str, prefix: str, items: list[ChoiceItem], picks: list[Pick],
                   overall: bool = True) -> list[dict]:
     right: dict = defaultdict(lambda: [0, 0, 0])  # correct, correct_norm, n
     for it, (a, b, _) in zip(items, picks):
@@ -190,10 +217,10 @@ def heldout_choices(sc: Scorer, records: list[dict]) -> SuiteResult:
     """Multiple-choice accuracy (summed and length-normalised) on held-out rows with answer_choices."""
     items, owners, rejects = choice_items(records)
     picks = rank_classify(sc, items)
-    usable = [(it, p) for it, p, r in zip(items, picks, owners) if p[2]]
-    for it, p, r in zip(items, picks, owners):
-        if not p[2]:
-            rejects.append(_reject(r, "mc_choice_truncated", f"max_seq_len {sc.max_seq_len}"))
+    usable = [(it, p) for it, p in zip(items, picks) if not p.skipped]
+    for p, r in zip(picks, owners):
+        if p.skipped:
+            rejects.append(_reject(r, f"mc_{p.skipped}", f"max_seq_len {sc.max_seq_len}"))
     res = SuiteResult(rejects=rejects)
     res.rows = accuracy_rows("heldout", "mc_", [u[0] for u in usable], [u[1] for u in usable])
     res.stats = {"mc_items": len(usable), "mc_skipped": len(rejects)}
@@ -213,10 +240,10 @@ def mmlu_suite(sc: Scorer, questions: list[MmluItem], score_by: str = "letter") 
     picks = rank_classify(sc, items)
     res = SuiteResult()
     for q, p in zip(questions, picks):
-        if not p[2]:
-            res.rejects.append(reject_row(STEP, "mmlu_too_long", source="mmlu", origin_file=q.file,
+        if p.skipped:
+            res.rejects.append(reject_row(STEP, f"mmlu_{p.skipped}", source="mmlu", origin_file=q.file,
                                           origin_row=q.row, detail=f"max_seq_len {sc.max_seq_len}"))
-    usable = [(it, p) for it, p in zip(items, picks) if p[2]]
+    usable = [(it, p) for it, p in zip(items, picks) if not p.skipped]
     res.rows = accuracy_rows("mmlu", "", [u[0] for u in usable], [u[1] for u in usable], overall=False)
     res.stats = {"mmlu_questions": len(usable), "mmlu_skipped": len(questions) - len(usable)}
     return res
@@ -244,8 +271,9 @@ def generation_suite(sc: Scorer, records: list[dict], samples: int, max_new_toke
         # The prompt is the encoded conversation up to the reply, exactly as in training.
         enc = sc.enc(context + [{"role": "assistant", "content": reference}])
         start = last_span_start(enc.labels)
-        if start is None or enc.truncated:
-            res.rejects.append(_reject(r, "generation_prompt_too_long", f"max_seq_len {sc.max_seq_len}"))
+        if start is None or enc.truncated or start + max_new_tokens > model_context(sc.model):
+            res.rejects.append(_reject(r, "generation_prompt_too_long",
+                                       f"max_seq_len {sc.max_seq_len}, max_new_tokens {max_new_tokens}"))
             continue
         prompts.append(list(enc.input_ids[:start]))
         kept.append((r, context, reference))

@@ -28,6 +28,7 @@ from tasks.errors import TunelineError
 from tasks.schema import REJECTS, reject_row
 from tasks.step import input_ref, logger, run_step
 from tasks.store import MANIFEST, ArtifactStore, atomic_write_json, file_sha256, step_key
+from tasks.train_sft.model import model_source
 from tasks.train_sft.recipe import AUDIT_SCHEMA, COMPLETE, LOG_PREFIX
 
 STEP = "train"
@@ -207,7 +208,7 @@ def report(stage: str, log: list[dict], stats: dict) -> str:
     tps = [r["tokens_per_s"] for r in log]
     lines = [
         f"## train stage `{stage}`",
-        f"rows {stats['rows_in']:,} · trained {stats['rows_out']:,} · dropped too long {stats['rows_rejected']:,} · "
+        f"rows {stats['rows_in']:,} · trained {stats['rows_out']:,} · dropped {stats['rows_rejected']:,} · "
         f"steps {len(log)} · tokens {sum(r['tokens'] for r in log):,} · "
         f"median {sorted(tps)[len(tps) // 2] if tps else 0:,.0f} tokens/s",
         f"started from `{stats['init_weights_sha256'] or 'base model'}`; weights `{stats['weights_sha256'][:16]}`",
@@ -236,8 +237,9 @@ def _rejects(rows_path: Path, dropped: list[dict], stage: str) -> list[dict]:
     out = []
     for d in dropped:
         s, f, r = where[d["position"]]
-        out.append(reject_row(STEP, "too_long", source=s, origin_file=f, origin_row=r, record_id=d["record_id"],
-                              detail=f"stage {stage}, position {d['position']}: {d['total_tokens']} tokens"))
+        out.append(reject_row(STEP, d["reason"], source=s, origin_file=f, origin_row=r, record_id=d["record_id"],
+                              detail=f"stage {stage}, position {d['position']}: {d['total_tokens']} tokens, "
+                                     f"{d['trained_tokens']} trained within max_seq_len"))
     return out
 
 
@@ -252,7 +254,7 @@ def train_stage(root: str, recipe: dict, mix_manifest: dict, tokenizer_manifest:
     inputs = [input_ref(mix_manifest), input_ref(tokenizer_manifest),
               None if init_manifest is None else input_ref(init_manifest)]
     config = {"train": cfg.model_dump(), "stage": stage,
-              "model_source": None if cfg.model == "tiny" else rec.resolve(cfg.model)}
+              "model_source": None if cfg.model == "tiny" else model_source(rec)}
     key = step_key(STEP, VERSION, inputs, config)
     work = store.inside(store.root / STEP / f".work-{key}")
     label = f"stage {stage}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tasks.config import Recipe, TrainConfig
 from tasks.errors import RecipeError, TunelineError
+from tasks.model_registry import resolve_model
 from tasks.store import ArtifactStore, file_sha256
 
 #: The tiny Llama-shaped default; `train.tiny` overrides any key.
@@ -91,9 +92,8 @@ def check_weights(path: str | Path, allow_unsafe: bool) -> bool:
 
 
 def model_source(recipe: Recipe) -> str:
-    """A local path (resolved against the recipe) or a hub name."""
-    local = Path(recipe.resolve(recipe.train.model))
-    return str(local) if local.exists() else recipe.train.model
+    """A named model's converted directory, a local path (resolved against the recipe) or a hub name."""
+    return resolve_model(recipe.train.model, recipe.resolve)
 
 
 def dtype_for(cfg: TrainConfig, device: str):

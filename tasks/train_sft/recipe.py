@@ -53,6 +53,7 @@ AUDIT_SCHEMA = pa.schema(
         ("trained_tokens", pa.int64()),
         ("truncated", pa.bool_()),
         ("dropped", pa.bool_()),
+        ("drop_reason", pa.string()),  # too_long (truncation: drop) | no_trained_tokens | null
     ]
 )
 #: Test hook: the recipe kills itself (SIGKILL) after this optimizer step, as a crash would.
@@ -108,17 +109,32 @@ def load(cfg: dict) -> Stage:
     return st
 
 
+def drop_reason(enc: chat.Encoded, strict: bool) -> str | None:
+    """Why a row is not trained: too long under `truncation: drop`, or no assistant token left
+    within max_seq_len (lenient recipes drop it, as TRL and LLaMA-Factory do; strict ones fail
+    in `check_audit`)."""
+    if enc.dropped:
+        return "too_long"
+    if enc.trained_tokens == 0 and not strict:
+        return "no_trained_tokens"
+    return None
+
+
 def tokenize(st: Stage) -> tuple[list[dict], list[dict]]:
-    """Encode every row (in record batches); returns the audit rows and the rows dropped as too long."""
+    """Encode every row (in record batches); returns the audit rows and the rows not trained."""
     audit, dropped = [], []
+    strict = st.recipe.on_error == "strict"
     for batch in st.rows.select(["position", "record_id", "messages"]).to_batches(max_chunksize=4096):
         cols = batch.to_pydict()
         for pos, rid, msgs in zip(cols["position"], cols["record_id"], cols["messages"]):
             enc = chat.encode(st.tokenizer, msgs, st.train.max_seq_len, st.train.truncation)
+            reason = drop_reason(enc, strict)
             audit.append(dict(position=pos, record_id=rid, total_tokens=enc.total_tokens,
-                              trained_tokens=enc.trained_tokens, truncated=enc.truncated, dropped=enc.dropped))
-            if enc.dropped:
-                dropped.append({"position": pos, "record_id": rid, "total_tokens": enc.total_tokens})
+                              trained_tokens=enc.trained_tokens, truncated=enc.truncated, dropped=bool(reason),
+                              drop_reason=reason))
+            if reason:
+                dropped.append({"position": pos, "record_id": rid, "total_tokens": enc.total_tokens,
+                                "trained_tokens": enc.trained_tokens, "reason": reason})
                 continue
             st.examples.append((enc.input_ids, enc.labels))
             st.positions.append(pos)
@@ -136,7 +152,7 @@ def check_audit(st: Stage, audit: list[dict]) -> None:
         raise LabelAuditError(
             f"stage {st.cfg['stage']}: {len(empty)} rows have no trained token, e.g. record {a['record_id']} "
             f"(position {a['position']}, {a['total_tokens']} tokens, truncated={a['truncated']}); "
-            f"raise train.max_seq_len or set train.truncation: drop"
+            f"raise train.max_seq_len, or set on_error: lenient to drop such rows (each one a reject)"
         )
     rng = random.Random(st.train.seed)
     sample = sorted(rng.sample(range(len(st.examples)), min(st.train.audit_samples, len(st.examples))))

@@ -4,8 +4,8 @@
   `train.vocab_size` trained with HF `tokenizers` on the stage-1 sources' texts of the
   validated records, with special tokens and a ChatML-style chat template that marks
   assistant turns with `{% generation %}` blocks;
-- otherwise: the tokenizer of `train.tokenizer` or `train.model` (a local path or a hub
-  name), copied. A tokenizer without a chat template gets the same ChatML template
+- otherwise: the tokenizer of `train.tokenizer` or `train.model` (a named model of
+  `tasks.model_registry`, a local path or a hub name), copied. A tokenizer without a chat template gets the same ChatML template
   (the documented default; ChatML is what most open chat fine-tunes use).
 
 The step directory is a `save_pretrained` directory: `AutoTokenizer.from_pretrained(dir)` loads it.
@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from tasks.config import Recipe, TrainConfig
 from tasks.errors import RecipeError
+from tasks.model_registry import resolve_model
 from tasks.step import input_ref, logger, run_step
 from tasks.store import ArtifactStore, file_sha256
 
@@ -101,9 +102,7 @@ def train_bpe(texts, vocab_size: int):
 
 
 def _pretrained_source(recipe: Recipe, cfg: TrainConfig) -> str:
-    name = cfg.tokenizer or cfg.model
-    local = Path(recipe.resolve(name))
-    return str(local) if local.exists() else name
+    return resolve_model(cfg.tokenizer or cfg.model, recipe.resolve)
 
 
 def _pretrained_fingerprint(path: str) -> dict:

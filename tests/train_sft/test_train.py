@@ -36,24 +36,31 @@ def _subprocess(cfg: dict, path: Path, env_extra: dict) -> int:
                           cwd=launch.REPO, capture_output=True, text=True).returncode
 
 
-def test_label_audit_refuses_rows_without_trained_tokens(prepared, tmp_path):
+def test_rows_without_trained_tokens_are_dropped_with_a_reason_or_refused_when_strict(prepared, tmp_path):
     root, rec, vm, tm = prepared
     rows = make_records(6)
     rows[2]["messages"][0]["content"] = "word " * 200  # the prompt alone fills max_seq_len
     store = ArtifactStore(root)
     vm2 = make_validate(store, rows, key="w" * 32)
     mm = make_mix(store, vm2, {"one": rows, "two": rows})
-    cfg = _stage_cfg(root, rec, mm, tm, "one", tmp_path / "work")
+    # strict: the label audit refuses to train
+    strict = {**recipe_dict(tmp_path, max_steps=1), "on_error": "strict"}
     with pytest.raises(recipe.LabelAuditError, match=rows[2]["record_id"]):
-        recipe.run(cfg)
-    # with truncation: drop, the row is dropped (and reported) instead
-    rec_drop = recipe_dict(tmp_path, truncation="drop", max_steps=1)
-    cfg = _stage_cfg(root, rec_drop, mm, tm, "one", tmp_path / "work2")
-    out = recipe.run(cfg)
+        recipe.run(_stage_cfg(root, strict, mm, tm, "one", tmp_path / "work"))
+    # lenient (the default): truncated rows that keep no assistant token are dropped, each with its reason
+    out = recipe.run(_stage_cfg(root, recipe_dict(tmp_path, max_steps=1), mm, tm, "one", tmp_path / "work1"))
     dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
-    assert [d["record_id"] for d in dropped] == [rows[2]["record_id"]]
+    assert [(d["record_id"], d["reason"], d["trained_tokens"]) for d in dropped] == [
+        (rows[2]["record_id"], "no_trained_tokens", 0)]
+    assert dropped[0]["total_tokens"] > 96
+    # with truncation: drop, every row over max_seq_len is dropped as too long
+    rec_drop = recipe_dict(tmp_path, truncation="drop", max_steps=1)
+    out = recipe.run(_stage_cfg(root, rec_drop, mm, tm, "one", tmp_path / "work2"))
+    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["record_id"], d["reason"]) for d in dropped] == [(rows[2]["record_id"], "too_long")]
     audit = pq.read_table(out / "label_audit.parquet").to_pylist()
     assert len(audit) == 6 and sum(a["dropped"] for a in audit) == 1
+    assert [a["drop_reason"] for a in audit if a["dropped"]] == ["too_long"]
     assert all(a["trained_tokens"] > 0 for a in audit if not a["dropped"])
 
 
