@@ -4,19 +4,26 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _env_defaults() -> None:
-    # Quiet and fast local runs; a user's own settings win.
+def _env_defaults(args) -> str:
+    """Quiet and fast local runs; a user's own settings win. Returns the console log level."""
+    level = args.log_level.upper() if args.command == "server" else "INFO"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    if args.command == "server":
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The temporary server takes 10-15 s to start on an idle 2-core machine, minutes on a busy one.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    if not args.debug:
+        os.environ["TUNELINE_HIDE_ERRORS"] = "1"  # shard workers too (flows/logs.py)
+    return level
 
 
 def _run(recipe: str, out: str, until: str | None) -> dict:
@@ -68,7 +75,7 @@ def cmd_evaluate(args) -> int:
 def cmd_server(args) -> int:
     from flows.prefect_server import serve
 
-    serve(args.host, args.port, ui=not args.no_ui)
+    serve(args.host, args.port, ui=not args.no_ui, log_level=args.log_level)
     return 0
 
 
@@ -93,40 +100,51 @@ def _print_summary(out: str, result: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tuneline", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from flows.steps import STEPS
 
-    d = sub.add_parser("demo", help="write demo data and run the whole DAG on it (CPU, tiny model)")
-    d.add_argument("--out", default="artifacts", help="artifacts directory (default ./artifacts)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show tracebacks and Prefect's error logs instead of one error line")
+    p = argparse.ArgumentParser(prog="tuneline", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    out_help = "artifacts directory (default ./artifacts)"
+
+    d = sub.add_parser("demo", parents=[common], help="write demo data and run the whole DAG on it (CPU, tiny model)")
+    d.add_argument("--out", default="artifacts", help=out_help + "; the demo data go to OUT/demo-data")
     d.set_defaults(func=cmd_demo)
 
-    dd = sub.add_parser("demo-data", help="write demo input files in every native format, and a recipe")
-    dd.add_argument("dir")
-    dd.add_argument("--seed", type=int, default=0)
+    dd = sub.add_parser("demo-data", parents=[common],
+                        help="write demo input files in every native format, and a recipe")
+    dd.add_argument("dir", help="directory to write the demo input files and recipe.yaml into")
+    dd.add_argument("--seed", type=int, default=0, help="seed of the generated rows (default 0)")
     dd.set_defaults(func=cmd_demo_data)
 
-    r = sub.add_parser("run", help="run a recipe")
-    r.add_argument("recipe")
-    r.add_argument("--out", default="artifacts")
-    r.add_argument("--until", default=None, help="stop after this step: ingest, convert, dedup, split, "
-                                                 "validate, mix, train, evaluate")
+    r = sub.add_parser("run", parents=[common], help="run a recipe")
+    r.add_argument("recipe", help="recipe YAML file")
+    r.add_argument("--out", default="artifacts", help=out_help)
+    r.add_argument("--until", default=None, choices=STEPS, metavar="STEP",
+                   help="stop after this step: " + ", ".join(STEPS))
     r.set_defaults(func=cmd_run)
 
-    e = sub.add_parser("evaluate", help="(re-)evaluate the base model and every stage of a finished run")
-    e.add_argument("recipe")
-    e.add_argument("--out", default="artifacts")
+    e = sub.add_parser("evaluate", parents=[common],
+                       help="(re-)evaluate the base model and every stage of a finished run")
+    e.add_argument("recipe", help="recipe YAML file of the finished run")
+    e.add_argument("--out", default="artifacts", help=out_help)
     e.set_defaults(func=cmd_evaluate)
 
-    sv = sub.add_parser("server", help="a lasting Prefect server (API, UI, scheduler) for deployments and workers")
+    sv = sub.add_parser("server", parents=[common],
+                        help="a lasting Prefect server (API, UI, scheduler) for deployments and workers")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    sv.add_argument("--port", type=int, default=4200)
-    sv.add_argument("--no-ui", action="store_true")
+    sv.add_argument("--port", type=int, default=4200, help="port to listen on (default 4200)")
+    sv.add_argument("--no-ui", action="store_true", help="serve the API only, without the web UI")
+    sv.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                    help="server log level (default warning: no per-request or scheduler lines)")
     sv.set_defaults(func=cmd_server)
 
-    q = sub.add_parser("query", help="read-only SQL against the catalog")
-    q.add_argument("sql")
-    q.add_argument("--out", default="artifacts")
-    q.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    q = sub.add_parser("query", parents=[common], help="read-only SQL against the catalog")
+    q.add_argument("sql", help="one SELECT (or EXPLAIN) statement")
+    q.add_argument("--out", default="artifacts", help=out_help)
+    q.add_argument("--format", default="table", choices=["table", "csv", "json"], help="output format (default table)")
     q.set_defaults(func=cmd_query)
     return p
 
@@ -134,17 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from tasks.errors import TunelineError
 
-    _env_defaults()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    level = _env_defaults(args)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
     # httpx logs one line per API request; great-expectations a page of registry chatter.
     for noisy in ("httpx", "httpcore", "urllib3", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
+    if not args.debug:
+        from flows.logs import hide_known_errors
+
+        hide_known_errors()
     try:
         return args.func(args)
     except TunelineError as exc:
+        if args.debug:
+            raise
         print(f"tuneline: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`tuneline query ... | head`): end quietly, as `cat` does."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

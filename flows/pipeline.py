@@ -17,11 +17,10 @@ from flows.tasks import (
     convert_task, dedup_task, evaluate_task, gate_task, ingest_task, mix_task, publish_task,
     signatures_task, split_task, tokenizer_task, train_task, validate_task,
 )
+from flows.steps import DATA_STEPS, STEPS
 from tasks.config import load_recipe
+from tasks.errors import TunelineError
 from tasks.store import ArtifactStore
-
-DATA_STEPS = ["ingest", "convert", "dedup", "split", "validate", "mix"]
-STEPS = DATA_STEPS + ["train", "evaluate"]
 
 
 def new_run_id() -> str:
@@ -137,7 +136,7 @@ def evaluate(recipe_path: str, prepared: dict, models: dict, run_id: str | None 
 def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None) -> dict:
     """The whole DAG for one recipe; `until` stops after the named step."""
     if until is not None and until not in STEPS:
-        raise ValueError(f"--until must be one of {STEPS}, not {until!r}")
+        raise TunelineError(f"until must be one of {', '.join(STEPS)}, not {until!r}")
     recipe_path = str(Path(recipe_path).resolve())
     # The shard runner is chosen per run, so TUNELINE_DASK_ADDRESS set after import still counts.
     prepared = prepare.with_options(task_runner=shard_runner())(recipe_path, out, until)

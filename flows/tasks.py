@@ -9,7 +9,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows import report
+from flows.logs import hide_in_workers
 
+hide_in_workers()  # this module is what a shard worker process imports to run a task
 _opts = dict(cache_policy=NO_CACHE, persist_result=False, retries=0)
 
 

@@ -210,7 +210,9 @@ def query(root: str | Path, sql: str, fmt: str = "table") -> str:
             cols = [d[0] for d in rel.description] if rel.description else []
             rows = rel.fetchall() if cols else []
         except duckdb.PermissionException as exc:
-            raise TunelineError(f"{exc} (tuneline query reads only files under {Path(root).resolve()})") from None
+            first, _, context = str(exc).partition("\n")
+            hint = f" (tuneline query reads only files under {Path(root).resolve()})"
+            raise TunelineError(first + hint + ("\n" + context if context else "")) from None
         except duckdb.Error as exc:
             raise TunelineError(str(exc)) from None
     if not cols:

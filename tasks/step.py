@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from tasks.errors import TooManyRejects
@@ -70,13 +71,7 @@ def run_step(
                 f"+ rejected {stats['rows_rejected']}"
             )
         if max_reject_share is not None and stats["rows_in"]:
-            share = stats["rows_rejected"] / stats["rows_in"]
-            if share > max_reject_share:
-                raise TooManyRejects(
-                    f"{step} {label}: rejected {stats['rows_rejected']} of {stats['rows_in']} rows "
-                    f"({share:.1%}), above max_reject_share {max_reject_share:.1%}; see the rejects "
-                    f"this step would have written with on_error: lenient and a higher max_reject_share"
-                )
+            _check_reject_share(writer, label, max_reject_share)
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         manifest = writer.commit()
     except BaseException:
@@ -84,6 +79,36 @@ def run_step(
         raise
     manifest["skipped"] = False
     return manifest
+
+
+def _check_reject_share(writer: StepWriter, label: str, max_share: float) -> None:
+    """Raise TooManyRejects naming the top reasons; the rejects are kept under
+    `failed/<step>/<key>/` so the message can say how to query them."""
+    stats = writer.stats
+    share = stats["rows_rejected"] / stats["rows_in"]
+    if share <= max_share:
+        return
+    where = Path("failed") / writer.step / writer.key
+    parts = writer.keep_table("rejects", writer.store.root / where)
+    reasons = top_reasons(parts)
+    query = (f"; see them: tuneline query \"select reason, detail, origin_file, origin_row from "
+             f"read_parquet('{where}/*.parquet')\"" if parts else "")
+    raise TooManyRejects(
+        f"{writer.step} {label}: rejected {stats['rows_rejected']:,} of {stats['rows_in']:,} rows ({share:.1%}), "
+        f"above max_reject_share {max_share:.1%}" + (f"; top reasons: {reasons}" if reasons else "") + query)
+
+
+def top_reasons(parts: list[Path], n: int = 3) -> str:
+    """'reason count, ...' of the `n` most frequent reasons in rejects Parquet parts."""
+    if not parts:
+        return ""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reasons = pa.concat_tables([pq.read_table(p, columns=["reason"]) for p in parts])
+    counts = reasons.group_by("reason").aggregate([("reason", "count")]).sort_by([("reason_count", "descending"),
+                                                                                 ("reason", "ascending")])
+    return ", ".join(f"{r['reason']} {r['reason_count']:,}" for r in counts.slice(0, n).to_pylist())
 
 
 class Progress:

@@ -269,6 +269,21 @@ class StepWriter:
         _fsync_dir(final.parent)
         return self.store.load(self.step, self.key, verify=False)
 
+    def keep_table(self, name: str, dest: Path) -> list[Path]:
+        """Finish table `name` and move its parts to `dest` (a failed step keeps its rejects
+        there, outside every step directory, so a user can query why it failed). Returns the
+        parts' new paths, none if the step wrote no such table."""
+        writer = self._tables.get(name)
+        if writer is None:
+            return []
+        self.store.inside(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        moved = []
+        for part in writer.close():
+            os.replace(self.dir / part["file"], dest / part["file"])
+            moved.append(dest / part["file"])
+        return moved
+
     def abort(self) -> None:
         for w in self._tables.values():
             w.discard()
