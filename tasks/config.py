@@ -99,6 +99,9 @@ class DecontaminationConfig(Section):
     # An n-gram shared by this many distinct items of one benchmark (or held-out examples) is
     # template text and not matched; None matches every n-gram.
     boilerplate_items: int | None = Field(3, ge=2)
+    # A matched n-gram needs this many words that no such template n-gram covers (else it is
+    # template text plus a word or two); counts only when boilerplate_items is set.
+    min_item_words: int = Field(4, ge=1)
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
 
 

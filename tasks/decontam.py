@@ -5,6 +5,10 @@ user turns shares a word n-gram (default 13) with an evaluation prompt. Evaluati
 prompts come from the project's own held-out split (`records_eval` user turns, bench
 name `heldout`, item id = record_id) and from benchmark files the recipe lists.
 
+A held-out row's few-shot exemplars (the leading `shots_chars` characters of its first
+user turn, FLAN CoT) are training examples, not part of the held-out item, so they are
+left out of its prompt: a training row that repeats them is not contaminated.
+
 Normalisation (both sides, in Polars): lower-case (Unicode lowercase, our casefold),
 every character that is not a letter, digit or whitespace replaced by a space (so
 "time-management" and "time management" agree), whitespace runs
@@ -39,12 +43,15 @@ from tasks.config import BenchmarkConfig, DecontaminationConfig, Recipe
 from tasks.errors import RecipeError
 
 HELDOUT = "heldout"
-PL_EMPTY_BOILERPLATE = pl.DataFrame(schema={"bench": pl.String, "h": pl.UInt64, "items": pl.UInt32})
+PL_EMPTY_BOILERPLATE = pl.DataFrame(schema={"bench": pl.String, "h": pl.UInt64})
 # group: the evaluation item a prompt belongs to (a held-out row's example_id, so template
 # variants of one example count once; a benchmark row's id, shared by its turns).
 PROMPTS = pa.schema([("bench", pa.string()), ("item_id", pa.string()), ("text", pa.string()), ("group", pa.string())])
 TURNS = pa.schema([("row_idx", pa.int64()), ("text", pa.string())])
 MATCHES = pa.schema([("row_idx", pa.int64()), ("bench", pa.string()), ("item_id", pa.string())])
+#: Record meta key: characters at the start of the first user turn that are few-shot exemplars
+#: (training examples, tasks.ingest.flan), left out of a held-out prompt: not the item's own text.
+SHOTS_CHARS = "shots_chars"
 
 
 
@@ -221,7 +228,8 @@ def _window_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
 
 
 def _grams(frame: pl.DataFrame, n: int, keys: list[str]) -> pl.DataFrame:
-    """`keys` + `h`: a 64-bit hash of every run of n consecutive words of each text.
+    """`keys` + `h`: a 64-bit hash of every run of n consecutive words of each text, in
+    text order and word order; `_word` is the global index of the gram's first word.
 
     Each word is hashed once (Polars); a gram's hash is a polynomial in its word hashes,
     computed for all windows at once from a prefix sum (NumPy, wrapping uint64), so no gram
@@ -232,7 +240,49 @@ def _grams(frame: pl.DataFrame, n: int, keys: list[str]) -> pl.DataFrame:
     h = _window_hashes(w["w"].hash(seed=0).to_numpy(), n)
     text = w["_text"].to_numpy()
     inside = text[n - 1 :] == text[: len(h)]
-    return w.select(keys).head(len(h)).filter(pl.Series(inside)).with_columns(h=pl.Series(h[inside]))
+    return (w.select(keys).with_row_index("_word").head(len(h)).filter(pl.Series(inside))
+            .with_columns(h=pl.Series(h[inside])))
+
+
+#: Words padding each eval prompt for template detection (normalised text never holds them).
+_EDGE_START, _EDGE_END = "\x02", "\x03"
+
+
+def _window_counts(flags: np.ndarray, start: np.ndarray, n: int) -> np.ndarray:
+    """How many of the n words from each `start` have their flag set."""
+    prefix = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    return prefix[start + n] - prefix[start]
+
+
+def _item_grams(prompts: pl.DataFrame, n: int, boilerplate_items: int, min_item_words: int):
+    """(the n-grams of eval prompts that say something about their item, the template n-grams).
+
+    An n-gram that `boilerplate_items` or more distinct items of one benchmark share ("Read
+    the following article and answer the question ...", MMLU's header, a FLAN phrasing in
+    a Tuneline template) is template text: it says nothing about any one item, and would
+    flag every training row rendered from the same template. Template text plus a word or
+    two ("... is the following a verifiable fact? The") is shared by too few items to be
+    template text itself, yet says nothing either, so an n-gram counts only when at least
+    `min_item_words` of its words lie outside every template n-gram. Each prompt is padded
+    with n-1 edge words on both sides for this, so a template shorter than n words at the
+    start or end of prompts is found as well.
+    """
+    edge_start, edge_end = " ".join([_EDGE_START] * (n - 1)), " ".join([_EDGE_END] * (n - 1))
+    padded = prompts.with_columns(pl.concat_str([pl.lit(edge_start), "norm", pl.lit(edge_end)], separator=" ").alias("norm"))
+    grams = _grams(padded, n, ["bench", "item_id", "group"])
+    boilerplate = (grams.group_by("bench", "h").agg(pl.col("group").n_unique().alias("items"))
+                   .filter(pl.col("items") >= boilerplate_items))
+    template = grams.join(boilerplate.select("bench", "h", pl.lit(True).alias("_t")), on=["bench", "h"],
+                          how="left", maintain_order="left")["_t"].fill_null(False).to_numpy()
+    words = padded["norm"].str.split(" ").explode()
+    start = grams["_word"].to_numpy().astype(np.int64)
+    cover = np.zeros(len(words) + 1, np.int64)  # +1 where a template n-gram starts, -1 after it
+    np.add.at(cover, start[template], 1)
+    np.add.at(cover, start[template] + n, -1)
+    item_words = _window_counts(np.cumsum(cover)[:-1] == 0, start, n)
+    real = _window_counts(words.is_in([_EDGE_START, _EDGE_END]).to_numpy(), start, n) == 0
+    keep = real & (item_words >= min(min_item_words, n))
+    return grams.filter(pl.Series(keep)), grams.filter(pl.Series(real & template)).select("bench", "h").unique()
 
 
 def _hash_words(norm: pl.Expr) -> pl.Expr:
@@ -247,18 +297,12 @@ class Decontaminator:
         self.n, self.short_min = cfg.ngram, cfg.short_min_words
         p = _words(pl.from_arrow(prompts))
         n, short = self.n, self.short_min
-        # Long prompts: their n-gram hashes, less template text: an n-gram that
-        # `boilerplate_items` or more distinct items of one benchmark share ("Read the
-        # following article and answer the question ...", MMLU's header) says nothing about
-        # any one item, and would flag every training row rendered from the same template.
-        grams = _grams(p.filter(pl.col("n_words") >= n), n, ["bench", "item_id", "group"])
-        self.boilerplate = PL_EMPTY_BOILERPLATE
+        # Long prompts: their n-gram hashes, less template text (_item_grams).
+        long_p = p.filter(pl.col("n_words") >= n)
         if cfg.boilerplate_items:
-            self.boilerplate = (
-                grams.group_by("bench", "h").agg(pl.col("group").n_unique().alias("items"))
-                .filter(pl.col("items") >= cfg.boilerplate_items)
-            )
-            grams = grams.join(self.boilerplate, on=["bench", "h"], how="anti")
+            grams, self.boilerplate = _item_grams(long_p, n, cfg.boilerplate_items, cfg.min_item_words)
+        else:
+            grams, self.boilerplate = _grams(long_p, n, ["bench", "item_id", "group"]), PL_EMPTY_BOILERPLATE
         self.eval_grams = grams.select("bench", "item_id", "h").unique()
         # Short prompts: keyed by the hash of their first `short` words (a training turn's
         # `short`-gram), then verified as a whole-word substring; keeps the gram table 2x, not 10x.
@@ -313,15 +357,19 @@ def eval_prompts(recipe: Recipe, heldout_turns: pa.Table | None) -> pa.Table:
 
 def heldout_prompts(batches) -> pa.Table:
     """(bench='heldout', item_id=record_id, text, group=example_id or record_id) of the user
-    turns of held-out RECORDS batches."""
+    turns of held-out RECORDS batches; a first user turn starts after its few-shot exemplars
+    (meta SHOTS_CHARS), which are training examples, not the held-out item."""
 
     frames = []
     for batch in batches:
-        df = pl.from_arrow(pa.Table.from_batches([batch]).select(["record_id", "example_id", "messages"]))
+        df = pl.from_arrow(pa.Table.from_batches([batch]).select(["record_id", "example_id", "messages", "meta"]))
+        shots = pl.col("meta").str.json_path_match(f"$.{SHOTS_CHARS}").cast(pl.Int64, strict=False).fill_null(0)
+        first_user = pl.int_range(pl.len()).over("record_id") == 0  # among the user turns kept below
         frames.append(
             df.explode("messages").drop_nulls("messages").unnest("messages")
             .filter(pl.col("role") == "user")
-            .select(pl.lit(HELDOUT).alias("bench"), pl.col("record_id").alias("item_id"), pl.col("content").alias("text"),
+            .select(pl.lit(HELDOUT).alias("bench"), pl.col("record_id").alias("item_id"),
+                    pl.when(first_user).then(pl.col("content").str.slice(shots)).otherwise(pl.col("content")).alias("text"),
                     pl.coalesce(pl.col("example_id").replace("", None), pl.col("record_id")).alias("group"))
         )
     if not frames:

@@ -24,6 +24,7 @@ import yaml
 from jinja2 import StrictUndefined, TemplateError, pass_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from tasks.answers import is_bare_label
 from tasks.errors import RecipeError
 
 #: Longest rendered promptsource output (characters) before the rendering is refused.
@@ -297,16 +298,26 @@ assert all(len(COT_TEMPLATES[f"{k}_opt"]) == len(COT_TEMPLATES[f"{k}_noopt"]) fo
 FEW_SHOT_JOINER = "\n\n"
 
 
-def render_cot(template_type: str, idx: int, question: str, options: list[str], answer: str,
-               rationale: str) -> tuple[str, str]:
-    """(input, target) of one CoT example in one template.
+def cot_template_type(template_type: str, options: list[str], answer: str) -> str:
+    """The template type a CoT example is rendered with when `template_type` is asked for.
 
-    An `_opt` template on a question without options falls back to its `_noopt` twin
-    (same index; the twin lists have equal lengths), so no empty options block is shown.
+    An `_opt` type on a question without options becomes its `_noopt` twin, so no empty
+    options block is shown; a `_noopt` type on an answer that is an option label (`(C)`,
+    `Sentence A`: tasks.answers.parse_answer) becomes its `_opt` twin, because the answer
+    names an option the prompt would not show. The twins have equal lengths, so an index
+    stays valid.
     """
     if template_type.endswith("_opt") and not options:
-        template_type = template_type[: -len("_opt")] + "_noopt"
-    inp, tgt = COT_TEMPLATES[template_type][idx]
+        return template_type[: -len("_opt")] + "_noopt"
+    if template_type.endswith("_noopt") and options and is_bare_label(answer):
+        return template_type[: -len("_noopt")] + "_opt"
+    return template_type
+
+
+def render_cot(template_type: str, idx: int, question: str, options: list[str], answer: str,
+               rationale: str) -> tuple[str, str]:
+    """(input, target) of one CoT example in one template, of the type `cot_template_type` gives."""
+    inp, tgt = COT_TEMPLATES[cot_template_type(template_type, options, answer)][idx]
     fields = {"question": question, "options": "\n".join(f"- {o}" for o in options),
               "answer": answer, "rationale": rationale}
     return inp.format(**fields), tgt.format(**fields)

@@ -18,6 +18,13 @@ machine, and adding data later does not move rows that were already assigned.
   hash order while the held-out rows stay <= n, and at least one group always stays in
   training. This needs one extra pass over (source, task, group) to find the cutoffs.
 
+Few-shot exemplars (FLAN CoT) must come from the training side, so the side of an example
+is known before convert renders them: `held_out_before_split` is this step's decision as
+a function of (seed, source, example_id), which convert uses to leave held-out examples
+out of exemplar pools. With `eval_rows` that decision needs every row, so instead the
+examples of exemplar pools (records whose meta has `exemplar_pool: true`) are kept in
+training and not counted toward `eval_rows`.
+
 Nothing is dropped: rows in = train + eval, and `rejects` is written empty.
 """
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -36,9 +44,37 @@ from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore
 
 STEP = "split"
-VERSION = 2  # 2: the task is not part of the side hash (template variants stay together)
-_KEY_COLUMNS = ["record_id", "source", "task", "example_id"]
+VERSION = 3  # 3: eval_rows keeps exemplar-pool examples in training; 2: the task is not hashed
+_KEY_COLUMNS = ["record_id", "source", "task", "example_id", "meta"]
+#: Meta key (true) of records whose example serves as a few-shot exemplar of other rows: with
+#: eval_rows the split keeps such examples in training (see held_out_before_split).
+PINNED = "exemplar_pool"
 _FULL = 1 << 64
+
+
+def group_hash(seed: int, source: str, group: str) -> int:
+    """The seeded 64-bit hash that decides a group's side."""
+    # \x1f (unit separator) cannot be confused with text inside the parts.
+    # The task is not hashed: promptsource names a task per template, and the template
+    # variants of one example must land on the same side (DESIGN.md: no leak by template).
+    return xxhash.xxh64_intdigest(f"{seed}\x1f{source}\x1f{group}".encode("utf-8"))
+
+
+def fraction_cutoff(cfg: SplitConfig) -> int:
+    """eval_fraction mode: groups whose hash is below this are held out."""
+    return min(int((cfg.eval_fraction or 0.0) * _FULL), _FULL)
+
+
+def held_out_before_split(cfg: SplitConfig, source: str, example_id: str) -> bool:
+    """Whether the split will hold this example out, known before it runs (convert draws
+    few-shot exemplars only from examples for which this is False).
+
+    eval_fraction: exactly the split's decision (a pure function of seed, source and
+    example). eval_rows: False for every example, because the cutoffs depend on all rows;
+    the split then keeps the examples of exemplar pools (PINNED in their meta) in training."""
+    if cfg.eval_rows is not None:
+        return False
+    return group_hash(cfg.seed, source, example_id) < fraction_cutoff(cfg)
 
 
 def group_hashes(seed: int, batch: pa.RecordBatch | pa.Table) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -50,23 +86,33 @@ def group_hashes(seed: int, batch: pa.RecordBatch | pa.Table) -> tuple[list[tupl
     for i, (s, t, g) in enumerate(zip(sources, tasks, groups)):
         s, t = s or "", t or ""
         keys.append((s, t))
-        # \x1f (unit separator) cannot be confused with text inside the parts.
-        # The task is not hashed: promptsource names a task per template, and the template
-        # variants of one example must land on the same side (DESIGN.md: no leak by template).
-        hashes[i] = xxhash.xxh64_intdigest(f"{seed}\x1f{s}\x1f{g}".encode("utf-8"))
+        hashes[i] = group_hash(seed, s, g)
     return keys, hashes
 
 
-def _row_cutoffs(store: ArtifactStore, manifest: dict, cfg: SplitConfig) -> dict[tuple[str, str], int]:
-    """eval_rows mode: per (source, task), the hash below which a group is held out."""
+def _pinned(batch: pa.RecordBatch, hashes: np.ndarray) -> np.ndarray:
+    """The hashes of the rows whose meta says PINNED (their group must stay in training)."""
+    flag = pl.from_arrow(batch.column("meta")).str.json_path_match(f"$.{PINNED}").eq("true").fill_null(False)
+    return hashes[flag.to_numpy()]
+
+
+def _row_cutoffs(store: ArtifactStore, manifest: dict,
+                 cfg: SplitConfig) -> tuple[dict[tuple[str, str], int], set[int]]:
+    """eval_rows mode: per (source, task), the hash below which a group is held out, and the
+    hashes of the pinned groups (never held out, not counted toward eval_rows)."""
     groups: dict[tuple[str, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    pinned: set[int] = set()
     for batch in survivors(store, manifest, _KEY_COLUMNS):
         keys, hashes = group_hashes(cfg.seed, batch)
+        pinned.update(_pinned(batch, hashes).tolist())
         for key, h in zip(keys, hashes.tolist()):
             groups[key][h] += 1  # rows per group (a group's rows share its hash)
     cutoffs = {}
     for key, sizes in groups.items():
-        ordered = sorted(sizes.items())
+        ordered = sorted(kv for kv in sizes.items() if kv[0] not in pinned)
+        if not ordered:
+            cutoffs[key] = 0
+            continue
         taken, cutoff = 0, ordered[0][0]  # default: nothing held out
         # Leave at least the last group in training, so no task vanishes from the mixture.
         for h, n in ordered[:-1]:
@@ -75,7 +121,7 @@ def _row_cutoffs(store: ArtifactStore, manifest: dict, cfg: SplitConfig) -> dict
             taken += n
             cutoff = h + 1
         cutoffs[key] = cutoff
-    return cutoffs
+    return cutoffs, pinned
 
 
 def _markdown(counts: dict[tuple[str, str], list[int]]) -> str:
@@ -98,8 +144,8 @@ def split(root: str, recipe: dict, dedup_manifest: dict) -> dict:
     store = ArtifactStore(root)
 
     def body(writer) -> None:
-        cutoffs = _row_cutoffs(store, dedup_manifest, cfg) if cfg.eval_rows is not None else None
-        fraction_cutoff = min(int((cfg.eval_fraction or 0.0) * _FULL), _FULL)
+        cutoffs, pinned = _row_cutoffs(store, dedup_manifest, cfg) if cfg.eval_rows is not None else (None, set())
+        by_fraction = fraction_cutoff(cfg)
         counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         writer.table("records_train", RECORDS)
         writer.table("records_eval", RECORDS)
@@ -108,9 +154,10 @@ def split(root: str, recipe: dict, dedup_manifest: dict) -> dict:
         for batch in survivors(store, dedup_manifest):
             keys, hashes = group_hashes(cfg.seed, batch)
             if cutoffs is None:
-                held = hashes < np.uint64(fraction_cutoff) if fraction_cutoff < _FULL else np.ones(len(keys), bool)
+                held = hashes < np.uint64(by_fraction) if by_fraction < _FULL else np.ones(len(keys), bool)
             else:
-                held = np.fromiter((h < cutoffs[k] for k, h in zip(keys, hashes.tolist())), bool, len(keys))
+                held = np.fromiter((h < cutoffs[k] and h not in pinned for k, h in zip(keys, hashes.tolist())),
+                                   bool, len(keys))
             mask = pa.array(held)
             writer.write("records_eval", RECORDS, batch.filter(mask))
             writer.write("records_train", RECORDS, batch.filter(pc.invert(mask)))

@@ -69,6 +69,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks import decontam
+from tasks.answers import choice_index
 from tasks.config import Recipe, ValidateConfig
 from tasks.errors import GateFailed, RecipeError
 from tasks.langid import languages_later
@@ -76,13 +77,10 @@ from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
 
-STEP, VERSION = "validate", 2  # 2: template n-grams, reasoned targets
+STEP, VERSION = "validate", 3  # 3: tasks.answers choice check, item words, held-out prompts without exemplars; 2: template n-grams, reasoned targets
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONTAMINATED = "contaminated"
 SAMPLE_IDS = 5
-
-# The final answer of a reasoned target: what follows the last "answer:" / "answer is:".
-FINAL_ANSWER = r"(?is).*answer(?:\s+is)?\s*:\s*(.+?)[.\s]*$"
 
 ROW_COLUMNS = {
     "record_id": "record id",
@@ -95,8 +93,8 @@ ROW_COLUMNS = {
     "longest_turn_tokens": "longest turn, tokens (null without a tokenizer)",
     "conversation_tokens": "all turns, tokens (null without a tokenizer)",
     "template_leftover": "the first template leftover found, else null",
-    "target_in_choices": "last assistant turn (or the final answer of a reasoned one) is one of answer_choices; "
-                         "null without choices",
+    "target_in_choices": "last assistant turn, or the final answer of a reasoned one, names one of answer_choices "
+                         "(tasks.answers); null without choices",
     "banned_phrase": "the first banned phrase found in an assistant turn, else null",
     "lang": "language of the first user turn (ISO 639-1, `und` when too short)",
 }
@@ -345,23 +343,23 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, user: list[str | None], 
     )
     base = df.select("record_id", "source", "answer_choices").with_row_index("i").with_columns(pl.col("i").cast(pl.Int64))
     out = base.join(agg.with_columns(pl.col("i").cast(pl.Int64)), on="i", how="left", maintain_order="left")
-    choices = pl.col("answer_choices")
     out = out.with_columns(
         pl.col("roles").fill_null(""),
         pl.col("conversation_chars").fill_null(0),
         pl.when(pl.col("_tok_missing")).then(None).otherwise(pl.col("_tok_sum")).alias("conversation_tokens"),
-        pl.when(choices.is_null() | (choices.list.len() == 0)).then(None).otherwise(
-            choices.list.eval(pl.element().str.strip_chars()).list.contains(pl.col("_target").str.strip_chars())
-            .fill_null(False)
-            # a reasoned target (FLAN CoT: rationale, then "The answer: X", "So the answer is: X",
-            # "Final answer: X") passes when its final answer X is a choice
-            | choices.list.eval(pl.element().str.strip_chars()).list.contains(
-                pl.col("_target").str.extract(FINAL_ANSWER, 1).str.strip_chars()).fill_null(False)
-        ).alias("target_in_choices"),
+        pl.Series("target_in_choices", targets_in_choices(out["_target"].to_list(), out["answer_choices"].to_list()),
+                  dtype=pl.Boolean),
         pl.Series("lang", lang, dtype=pl.String) if lang is not None else df["lang"],
         pl.Series("_user", user, dtype=pl.String),
     )
     return out.select(list(ROW_COLUMNS) + ["_user"])
+
+
+def targets_in_choices(targets: list[str | None], choices: list[list[str] | None]) -> list[bool | None]:
+    """Per record: whether its last assistant turn, or that turn's final answer, names one of its
+    answer choices (tasks.answers.choice_index: labels, `Sentence A`, yes/no, numbers); None
+    (not checked) without choices."""
+    return [None if not c else t is not None and choice_index(t, c) is not None for t, c in zip(targets, choices)]
 
 
 # -- Polars twins of the supported column-map expectations --------------------------------

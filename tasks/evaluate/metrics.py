@@ -1,31 +1,35 @@
 """Text metrics for generations: normalised exact match and ROUGE-L (LCS F-measure).
 
-Normalisation follows the SQuAD evaluation script (lower case, no punctuation, no
-articles, single spaces); ROUGE-L tokenisation follows rouge-score's default
-(lower case, runs of [a-z0-9] are tokens, no stemming), so the numbers are
-comparable with what users get from those tools.
+Exact match uses the pipeline's one answer normaliser (tasks.answers, also behind
+validate's `target_in_answer_choices`): a reasoned reference (FLAN CoT: rationale, then
+"So the answer is: X") is compared by its final answer, labels and numbers normalised
+(`(C)` = `C`, `$1,120` = `1120`); other texts by the SQuAD evaluation script's
+normalisation (lower case, no punctuation, no articles, single spaces). ROUGE-L
+tokenisation follows rouge-score's default (lower case, runs of [a-z0-9] are tokens, no
+stemming), so the numbers are comparable with what users get from those tools.
 """
 from __future__ import annotations
 
 import re
-import string
 import unicodedata
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = set(string.punctuation)
+from tasks.answers import final_answer, normalize_text, same_answer
+
 _TOKEN = re.compile(r"[a-z0-9]+")
 
-
-def normalize_answer(text: str) -> str:
-    """SQuAD-style normalisation: NFKC, lower case, punctuation and articles removed, spaces collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(ch for ch in text if ch not in _PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+#: SQuAD-style normalisation: NFKC, lower case, punctuation and articles removed, spaces collapsed.
+normalize_answer = normalize_text
 
 
 def exact_match(prediction: str, reference: str) -> float:
-    """1.0 when the normalised strings are equal, else 0.0."""
+    """1.0 when prediction and reference give the same answer, else 0.0.
+
+    A reference with a final answer ("... So the answer is: X") matches a prediction whose
+    final answer, or whole text when it has none, is the same answer (tasks.answers.same_answer);
+    any other reference matches a prediction equal to it after SQuAD normalisation."""
+    ref = final_answer(reference)
+    if ref is not None:
+        return float(same_answer(final_answer(prediction) or prediction, ref))
     return float(normalize_answer(prediction) == normalize_answer(reference))
 
 
