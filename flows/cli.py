@@ -27,11 +27,11 @@ def _env_defaults(args) -> str:
 
 
 def _run(recipe: str, out: str, until: str | None) -> dict:
-    from flows.pipeline import pipeline
+    from flows.pipeline import new_run_id, pipeline
     from flows.prefect_server import prefect_api
 
     with prefect_api():
-        result = pipeline(recipe, out, until)
+        result = pipeline(recipe, out, until, new_run_id())
         _print_summary(out, result)
     return result
 

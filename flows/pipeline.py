@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from datetime import timezone
 from pathlib import Path
 
 from prefect import flow
@@ -27,6 +28,33 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+def flow_run_run_id() -> str:
+    """The Tuneline run id of the current flow run when none was passed (a deployment run):
+    its scheduled start and its Prefect id, the same wherever it is asked."""
+    from prefect.runtime import flow_run
+
+    start = flow_run.scheduled_start_time.astimezone(timezone.utc)
+    return start.strftime("%Y%m%dT%H%M%S") + "-" + str(flow_run.id).replace("-", "")[:6]
+
+
+def recipe_name(recipe_path: str) -> str:
+    """What a run is named after: the recipe file's name, or its directory's for `recipe.yaml`."""
+    path = Path(recipe_path)
+    return path.parent.name if path.stem == "recipe" and path.parent.name else path.stem
+
+
+def run_name(flow: str):
+    """A flow_run_name callable: '<flow> <recipe name> <Tuneline run id>'."""
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters
+        run_id = params.get("run_id") or (params.get("prepared") or {}).get("run_id") or flow_run_run_id()
+        return f"{flow} {recipe_name(params['recipe_path'])} {run_id}"
+
+    return name
+
+
 def shard_runner():
     """Dask when a scheduler is named (TUNELINE_DASK_ADDRESS), else a local process pool."""
     address = os.environ.get("TUNELINE_DASK_ADDRESS")
@@ -43,38 +71,58 @@ def _done(until: str | None, step: str) -> bool:
     return until is not None and STEPS.index(step) >= STEPS.index(until)
 
 
+def submit(task, *args):
+    """`task.submit(*args)`, recording every future among the arguments as the task run's
+    upstream (`task_inputs`). A process pool resolves the futures before the task run is
+    created in the worker, so Prefect would record none and draw an unconnected DAG."""
+    from prefect.context import FlowRunContext
+    from prefect.utilities.callables import get_call_parameters
+    from prefect.utilities.engine import collect_task_run_inputs_sync
+
+    parameters = get_call_parameters(task.fn, args, {})
+    upstream = {name: collect_task_run_inputs_sync(value) for name, value in parameters.items()}
+    return FlowRunContext.get().task_runner.submit(task, parameters, dependencies=upstream)
+
+
+def _raise_first_failure(futures: list) -> None:
+    """Wait for the shard tasks; a failed one raises its own error (a TunelineError stays one),
+    not the UpstreamTaskError a downstream task would raise for it."""
+    for future in futures:
+        future.result()
+
+
 def _shard_label(source: str, file: str, index: int) -> str:
     return f"{source}#{index:03d}:{Path(file).name}"
 
 
-@flow(name="tuneline-prepare", flow_run_name="prepare {recipe_path}", task_runner=shard_runner(),
+@flow(name="tuneline-prepare", flow_run_name=run_name("prepare"), task_runner=shard_runner(),
       log_prints=True)
 def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, run_id: str | None = None) -> dict:
     """Data steps, ingest through mix. Returns the manifests the train/evaluate flows need."""
     recipe = load_recipe(recipe_path)
     rd = recipe.model_dump(by_alias=True)
     root = str(Path(out).resolve())
-    run_id = run_id or new_run_id()
+    run_id = run_id or flow_run_run_id()
     result: dict = {"run_id": run_id, "root": root}
     ArtifactStore(root).clean_staging()  # what a killed run left half-written
 
     shards = [(s.name, f) for s in recipe.sources for f in recipe.source_files(s)]
-    ingest = [ingest_task.submit(root, rd, src, f, _shard_label(src, f, i)) for i, (src, f) in enumerate(shards)]
-    converted = [convert_task.submit(root, rd, fut, _shard_label(src, f, i))
-                 for i, (fut, (src, f)) in enumerate(zip(ingest, shards))]
-    ingest_m = [f.result() for f in ingest]
-    publish_task(root, run_id, recipe_path, "ingest", ingest_m)
+    labels = [_shard_label(src, f, i) for i, (src, f) in enumerate(shards)]
+    ingest = [submit(ingest_task, root, rd, src, f, label) for (src, f), label in zip(shards, labels)]
+    converted = [submit(convert_task, root, rd, fut, label) for fut, label in zip(ingest, labels)]
+    _raise_first_failure(ingest)
+    publish_task(root, run_id, recipe_path, "ingest", ingest)
     if _done(until, "ingest"):
         return result
-    convert_m = [f.result() for f in converted]
-    publish_task(root, run_id, recipe_path, "convert", convert_m)
+    _raise_first_failure(converted)
+    publish_task(root, run_id, recipe_path, "convert", converted)
     if _done(until, "convert"):
         return result
 
-    sigs = [signatures_task.submit(root, rd, m, m.get("label", "")) for m in convert_m]
-    sig_m = [f.result() for f in sigs]
-    publish_task(root, run_id, recipe_path, "dedup-signatures", sig_m)
-    dedup_m = dedup_task(root, rd, convert_m, sig_m)
+    sigs = [submit(signatures_task, root, rd, fut, label) for fut, label in zip(converted, labels)]
+    _raise_first_failure(sigs)
+    publish_task(root, run_id, recipe_path, "dedup-signatures", sigs)
+    dedup_m = dedup_task(root, rd, converted, sigs)
     publish_task(root, run_id, recipe_path, "dedup", [dedup_m])
     if _done(until, "dedup"):
         return result
@@ -99,7 +147,7 @@ def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, 
     return result
 
 
-@flow(name="tuneline-train", flow_run_name="train {recipe_path}", log_prints=True)
+@flow(name="tuneline-train", flow_run_name=run_name("train"), log_prints=True)
 def train(recipe_path: str, prepared: dict) -> dict:
     """One training run per mixture stage, in order; stage k starts from stage k-1."""
     recipe = load_recipe(recipe_path)
@@ -114,7 +162,7 @@ def train(recipe_path: str, prepared: dict) -> dict:
     return models
 
 
-@flow(name="tuneline-evaluate", flow_run_name="evaluate {recipe_path}", log_prints=True)
+@flow(name="tuneline-evaluate", flow_run_name=run_name("evaluate"), log_prints=True)
 def evaluate(recipe_path: str, prepared: dict, models: dict, run_id: str | None = None) -> list[dict]:
     """Evaluate the base model and every trained stage on the same held-out data.
 
@@ -132,21 +180,24 @@ def evaluate(recipe_path: str, prepared: dict, models: dict, run_id: str | None 
     return results
 
 
-@flow(name="tuneline-pipeline", flow_run_name="pipeline {recipe_path}", log_prints=True)
-def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None) -> dict:
-    """The whole DAG for one recipe; `until` stops after the named step."""
+@flow(name="tuneline-pipeline", flow_run_name=run_name("pipeline"), log_prints=True)
+def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None, run_id: str | None = None) -> dict:
+    """The whole DAG for one recipe; `until` stops after the named step. `run_id` names the
+    run in `runs/` and the flow runs' names (default: from this flow run)."""
     if until is not None and until not in STEPS:
         raise TunelineError(f"until must be one of {', '.join(STEPS)}, not {until!r}")
     recipe_path = str(Path(recipe_path).resolve())
+    run_id = run_id or flow_run_run_id()
     # The shard runner is chosen per run, so TUNELINE_DASK_ADDRESS set after import still counts.
-    prepared = prepare.with_options(task_runner=shard_runner())(recipe_path, out, until)
+    prepared = prepare.with_options(task_runner=shard_runner())(recipe_path, out, until, run_id)
+    done = {"run_id": run_id, "root": prepared["root"]}
     if until in DATA_STEPS or not load_recipe(recipe_path).stages:
-        return {"run_id": prepared["run_id"], "root": prepared["root"]}
+        return done
     models = train(recipe_path, prepared)
     if until == "train" or not load_recipe(recipe_path).evaluate.enabled:
-        return {"run_id": prepared["run_id"], "root": prepared["root"]}
+        return done
     results = evaluate(recipe_path, prepared, models)
-    return {"run_id": prepared["run_id"], "root": prepared["root"], "evaluate": [m["dir"] for m in results]}
+    return done | {"evaluate": [m["dir"] for m in results]}
 
 
 def evaluate_finished(recipe_path: str, out: str = "artifacts") -> dict:

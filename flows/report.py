@@ -37,10 +37,19 @@ def publish(root: str, run_id: str, recipe_path: str, step: str, manifests: list
     _prefect_table(step, rows, store)
     if step == "evaluate":
         _eval_comparison(store, manifests)
-    for m in manifests:
-        md = m.get("stats", {}).get("report_markdown")
-        if md:
-            _prefect_markdown(f"{step}-report", md, f"{step} report ({m.get('label', '')})")
+    report = step_report(step, manifests)
+    if report:
+        _prefect_markdown(f"{step}-report", report, f"{step}: the report of each of its {len(manifests)} task(s)")
+
+
+def step_report(step: str, manifests: list[dict]) -> str:
+    """One markdown report per step: every task's report (each shard, each stage) under its
+    label, so no shard's report hides another's behind a shared artifact key."""
+    parts = [(m.get("label", ""), m.get("stats", {}).get("report_markdown")) for m in manifests]
+    parts = [(label, md) for label, md in parts if md]
+    if len(parts) == 1:
+        return parts[0][1]
+    return "\n\n".join(f"#### {step} {label}\n\n{md}" for label, md in parts)
 
 
 def _key(s: str) -> str:

@@ -165,6 +165,8 @@ def test_records_have_a_unique_row_key_next_to_the_content_key(store):
                                             "s#001:f1.jsonl:0", "s#001:f1.jsonl:1"]
     assert [(r["shard"], r["row"], r["record_id"]) for r in rows] == [
         (0, 0, "a"), (0, 1, "b"), (0, 2, "a"), (1, 0, "c"), (1, 1, "a")]
+    plain = catalog.connect(store.root)  # through file_search_path, from another directory
+    assert plain.execute("select count(distinct row_key), count(*) from records").fetchone() == (5, 5)
 
 
 def test_sql_errors_are_duckdbs_own_message(store):

@@ -9,4 +9,5 @@ SELECT parts.label || ':' || (parts.first_row + r.file_row_number) AS row_key,
        parts.shard::INTEGER AS shard, parts.first_row + r.file_row_number AS row,
        r.* EXCLUDE (filename, file_row_number)
 FROM read_parquet({files}, union_by_name = true, filename = true, file_row_number = true) AS r
-JOIN parts USING (filename);
+-- filename is as DuckDB found the file (relative, or through file_search_path): match its last three parts
+JOIN parts ON parts.filename = regexp_extract(r.filename, '[^/]+/[^/]+/[^/]+$');
