@@ -72,12 +72,12 @@ def _prefect_markdown(key: str, markdown: str, description: str) -> None:
 
 def _eval_comparison(store: ArtifactStore, manifests: list[dict]) -> None:
     """Base vs every stage: `<out>/eval_comparison.md` and the `eval-comparison` table artifact."""
-    from tasks.evaluate.report import REPORT_FILE, comparison_rows, rows_markdown
+    from tasks.evaluate.report import REPORT_FILE, comparison_table, table_markdown, table_plain
 
-    rows = comparison_rows(str(store.root), manifests)
-    atomic_write_bytes(store.root / REPORT_FILE, rows_markdown(rows).encode())
-    _artifact("table", "eval-comparison", f"Evaluation, base vs stages; also {store.root / REPORT_FILE}",
-              table=[{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    table = comparison_table(str(store.root), manifests)
+    atomic_write_bytes(store.root / REPORT_FILE, table_markdown(table).encode())
+    _artifact("table", "eval-comparison", f"Evaluation, base vs stages (± standard error, Δ to base, (noise) "
+              f"within 1.96 combined standard errors); also {store.root / REPORT_FILE}", table=table_plain(table))
 
 
 def _artifact(kind: str, key: str, description: str, **content) -> None:

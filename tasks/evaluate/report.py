@@ -91,3 +91,95 @@ def rows_markdown(rows: list[dict], title: str = "Evaluation: base vs stages") -
 def comparison_markdown(root: str, eval_manifests: list[dict]) -> str:
     """The base vs stages table as markdown (rows suite/metric/source, one column per model)."""
     return rows_markdown(comparison_rows(root, eval_manifests))
+
+
+# -- the table people read: rounded, n, standard errors, noise marked (like lm-eval's) ----------
+#: Metrics whose value is a mean of per-item scores in [0, 1]: sqrt(p (1 - p) / n) is their
+#: binomial standard error (accuracies, exact match) or an upper bound of it (ROUGE-L).
+BOUNDED = ("accuracy", "accuracy_norm", "exact_match", "rouge_l")
+Z = 1.96  # a difference within Z combined standard errors is marked as noise
+
+
+def stderr(metric: str, value: float | None, n: int | None) -> float | None:
+    """Standard error of a bounded mean metric, None where the items' spread is not stored
+    (loss and perplexity are token-weighted means)."""
+    if value is None or not n or not metric.endswith(BOUNDED) or not 0 <= value <= 1:
+        return None
+    return math.sqrt(value * (1 - value) / n)
+
+
+def _counts(root: str, eval_manifests: list[dict]) -> dict[tuple, int]:
+    """(suite, metric, source or 'all', stage) -> n, from the eval tables."""
+    store = ArtifactStore(root)
+    counts = {}
+    for m in eval_manifests:
+        for path in store.paths(m, "eval"):
+            for r in duckdb.sql(f"SELECT suite, metric, coalesce(source, 'all') AS source, stage, n FROM "
+                                f"read_parquet({_files([path])}) WHERE task IS NULL").fetchall():
+                counts[r[:4]] = r[4]
+    return counts
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def _cells(metric: str, value, n, base, base_n, is_base: bool) -> dict:
+    se = stderr(metric, value, n)
+    cell = {"value": value, "stderr": se,
+            "text": _fmt(value) + (f" ± {se:.4f}" if se is not None else "")}
+    if is_base or value is None or base is None:
+        return cell | {"delta": None, "noise": None, "delta_text": ""}
+    delta = value - base
+    base_se = stderr(metric, base, base_n)
+    noise = None if se is None or base_se is None else abs(delta) <= Z * math.hypot(se, base_se)
+    return cell | {"delta": delta, "noise": noise,
+                   "delta_text": f"{delta:+.4f}" + (" (noise)" if noise else "")}
+
+
+def comparison_table(root: str, eval_manifests: list[dict]) -> list[dict]:
+    """The comparison as people read it: one row per suite, metric and source with n, each
+    model's rounded value ± standard error, and each stage's difference to the base model,
+    marked `(noise)` when it is within 1.96 combined standard errors. Rows whose values are
+    all zero or missing (nothing to compare) sort last."""
+    rows = comparison_rows(root, eval_manifests)
+    if not rows:
+        return []
+    counts = _counts(root, eval_manifests)
+    models = [c for c in rows[0] if c not in _KEYS]
+    base = models[0]
+    table = []
+    for r in rows:
+        key = (r["suite"], r["metric"], r["source"])
+        ns = {m: counts.get(key + (m.split(":", 1)[1],)) for m in models}
+        out = {"suite": key[0], "metric": key[1], "source": key[2], "n": max((v for v in ns.values() if v), default=None)}
+        for m in models:
+            c = _cells(key[1], r[m], ns[m], r[base], ns[base], m == base)
+            out[m] = c["text"]
+            if m != base:
+                out[f"{m} Δ"] = c["delta_text"]
+            out[f"_{m}"] = c
+        table.append(out)
+    informative = lambda row: any(row[f"_{m}"]["value"] for m in models)
+    return sorted(table, key=lambda row: not informative(row))
+
+
+def table_markdown(table: list[dict], title: str = "Evaluation: base vs stages") -> str:
+    """Markdown of `comparison_table`, with a note on what ± and (noise) mean."""
+    if not table:
+        return f"### {title}\n\n(no evaluation rows)\n"
+    cols = [c for c in table[0] if not c.startswith("_")]
+    out = [f"### {title}", "", "| " + " | ".join(cols) + " |",
+           "|" + "|".join("---" if c in _KEYS else "---:" for c in cols) + "|"]
+    out += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
+    out += ["", "n: items (tokens for loss and perplexity). ± one standard error, binomial for accuracy and "
+            "exact match (an upper bound for ROUGE-L); loss and perplexity store no per-item spread, so no "
+            f"error bar. Δ: the stage minus the base model; (noise): within {Z} combined standard errors."]
+    return "\n".join(out) + "\n"
+
+
+def table_plain(table: list[dict]) -> list[dict]:
+    """The rows for a Prefect table artifact (display columns only)."""
+    return [{k: ("" if v is None else v) for k, v in r.items() if not k.startswith("_")} for r in table]
