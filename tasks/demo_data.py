@@ -11,7 +11,9 @@
     p3/review_sentiment/train.jsonl         P3 records with answer_choices (starts with a BOM)
     promptsource/news_rows.jsonl            raw rows in the ag_news schema {text, label}
     promptsource/news_templates.yaml        promptsource templates (!Template, |||, answer_choices)
-    recipe.yaml                             a copy of recipes/demo.yaml (when the repo has it)
+    mmlu/<subject>_test.csv                 MMLU-format questions (hendrycks layout: no header, answer A-D)
+                                            on world capitals, arithmetic and everyday science
+    recipe.yaml                             recipes/demo.yaml for the chosen model (when the repo has it)
 
 The text is regular on purpose so that a tiny model learns it in a few hundred steps
 (sums, capitals from a table, sentiment of templated reviews, news topics with answer
@@ -34,7 +36,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -412,8 +413,80 @@ def news_rows(rng: random.Random) -> list:
     return lines
 
 
-def write_demo_data(dir: str | Path, seed: int = 0) -> list[Path]:
-    """Write every demo input file under `dir`; returns the paths written."""
+SCIENCE = [  # question, right answer, three wrong ones: facts a small instruct model knows
+    ("Which planet do people live on?", "Earth", "Mars", "Jupiter", "Venus"),
+    ("What do bees make?", "Honey", "Milk", "Silk", "Wool"),
+    ("How many legs does a spider have?", "Eight", "Six", "Four", "Ten"),
+    ("What is frozen water called?", "Ice", "Steam", "Sand", "Glass"),
+    ("What color is the sky on a clear day?", "Blue", "Green", "Red", "Black"),
+    ("Which is the largest ocean on Earth?", "The Pacific Ocean", "The Indian Ocean", "The Arctic Ocean",
+     "The Southern Ocean"),
+    ("How many days are in a week?", "Seven", "Five", "Ten", "Twelve"),
+    ("At what temperature in Celsius does water boil at sea level?", "100 degrees", "50 degrees", "0 degrees",
+     "200 degrees"),
+    ("Which organ pumps blood through the body?", "The heart", "The liver", "The lungs", "The stomach"),
+    ("What does a thermometer measure?", "Temperature", "Weight", "Distance", "Time"),
+    ("Which star is closest to the Earth?", "The Sun", "Sirius", "Polaris", "Betelgeuse"),
+    ("What do plants need from sunlight to make food?", "Light energy", "Sound", "Salt", "Plastic"),
+]
+
+
+def _mmlu_row(rng: random.Random, question: str, right: str, wrong: list[str]) -> list[str]:
+    choices = [right, *wrong]
+    rng.shuffle(choices)
+    return [question, *choices, "ABCD"[choices.index(right)]]
+
+
+def mmlu_questions(rng: random.Random) -> dict[str, list[list[str]]]:
+    """MMLU-format rows per subject: question, four choices, answer letter."""
+    capitals = []
+    for country, capital, _ in rng.sample(COUNTRIES, 12):
+        wrong = rng.sample([c for _, c, _ in COUNTRIES if c != capital], 3)
+        capitals.append(_mmlu_row(rng, f"What is the capital of {country}?", capital, wrong))
+    arithmetic = []
+    for _ in range(12):
+        a, b = rng.randint(2, 20), rng.randint(2, 20)
+        wrong = rng.sample([a + b + d for d in (-3, -2, -1, 1, 2, 3, 10)], 3)
+        arithmetic.append(_mmlu_row(rng, f"What is {a} + {b}?", str(a + b), [str(w) for w in wrong]))
+    science = [_mmlu_row(rng, q, right, list(wrong)) for q, right, *wrong in SCIENCE]
+    return {"world_capitals": capitals, "elementary_arithmetic": arithmetic, "everyday_science": science}
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    return path
+
+
+#: `--model tiny`: the demo recipe's train/evaluate keys for the tiny model built from a config
+#: (full fine-tuning of a randomly initialised model learns the regular demo data in a minute).
+TINY_DEMO = {
+    "train": {"model": "tiny", "method": "full", "lr": 0.003, "max_seq_len": 256, "checkpoint_every": 50,
+              "epochs": 4},
+    "evaluate": {"max_rows_per_task": 20, "generation_samples": 8, "mmlu": ["mmlu/*_test.csv"]},
+}
+DEMO_MODELS = ("smollm2-135m", "tiny")
+
+
+def demo_recipe(model: str) -> str:
+    """recipes/demo.yaml (written for smollm2-135m), with the tiny model's keys for `tiny`."""
+    text = (REPO / "recipes" / "demo.yaml").read_text(encoding="utf-8")
+    if model == "smollm2-135m":
+        return text
+    if model != "tiny":
+        raise ValueError(f"demo model must be one of {DEMO_MODELS}, not {model!r}")
+    import yaml
+
+    recipe = {**yaml.safe_load(text), **TINY_DEMO}
+    return "# recipes/demo.yaml with the tiny model (tuneline demo --model tiny)\n" + yaml.safe_dump(
+        recipe, sort_keys=False, allow_unicode=True)
+
+
+def write_demo_data(dir: str | Path, seed: int = 0, model: str = "smollm2-135m") -> list[Path]:
+    """Write every demo input file under `dir`, and the demo recipe for `model`; returns the paths written."""
     d = Path(dir)
     rng = random.Random(seed)
     out = [
@@ -438,8 +511,9 @@ def write_demo_data(dir: str | Path, seed: int = 0) -> list[Path]:
     tpl = d / "promptsource" / "news_templates.yaml"
     tpl.write_text(PROMPTSOURCE_YAML, encoding="utf-8")
     out.append(tpl)
-    recipe = REPO / "recipes" / "demo.yaml"
-    if recipe.is_file():
-        shutil.copyfile(recipe, d / "recipe.yaml")
+    for subject, rows in mmlu_questions(random.Random(rng.random())).items():
+        out.append(_write_csv(d / "mmlu" / f"{subject}_test.csv", rows))
+    if (REPO / "recipes" / "demo.yaml").is_file():
+        (d / "recipe.yaml").write_text(demo_recipe(model), encoding="utf-8")
         out.append(d / "recipe.yaml")
     return out

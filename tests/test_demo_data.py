@@ -47,3 +47,18 @@ def test_demo_recipe_ingests_and_converts_everything(tmp_path, store):
     for marker in ("Hauptstadt", "capitale", "¿Cuál", "首都"):
         assert marker in text
     assert any(json.loads(r["meta"]).get("repairs") for r in records)
+
+
+def test_demo_recipe_for_each_model(tmp_path):
+    from tasks.evaluate.mmlu import mmlu_files, read_mmlu_csv
+
+    real = load_recipe(write_demo_data(tmp_path / "real", model="smollm2-135m")[-1])
+    tiny = load_recipe(write_demo_data(tmp_path / "tiny", model="tiny")[-1])
+    assert (real.train.model, real.train.method) == ("smollm2-135m", "lora")
+    assert (tiny.train.model, tiny.train.method) == ("tiny", "full")
+    assert [s.name for s in real.sources] == [s.name for s in tiny.sources] and real.stages == tiny.stages
+    for rc in (real, tiny):  # the MMLU-format files the demo writes: 4 choices, answers spread over A-D
+        questions = [q for f in mmlu_files(rc.evaluate.mmlu, rc.resolve) for q in read_mmlu_csv(f)]
+        assert {q.subject for q in questions} == {"world_capitals", "elementary_arithmetic", "everyday_science"}
+        assert len(questions) >= 30 and len({q.answer for q in questions}) == 4
+        assert all(q.choices[q.answer] not in q.choices[:q.answer] + q.choices[q.answer + 1:] for q in questions)

@@ -13,7 +13,7 @@ from tasks.config import Recipe
 from tasks.errors import TunelineError
 from tasks.evaluate import EVAL, comparison_markdown, comparison_rows, evaluate
 from tasks.evaluate.scoring import greedy_generate, only_last_span, score_groups, score_sequences
-from tasks.evaluate.suites import ChoiceItem, Scorer, heldout_loss, rank_classify
+from tasks.evaluate.suites import ChoiceItem, Scorer, heldout_loss, rank_classify, reply_content
 from tasks.mix import MIXTURE
 from tasks.schema import RECORDS, record_id
 from tasks.train_sft.chat import encode
@@ -150,7 +150,10 @@ def test_length_normalisation_divides_by_choice_characters(trained, tokenizer):
     seqs = []
     for c in item.choices:
         e = encode(tokenizer, item.context + [{"role": "assistant", "content": c}], 96)
-        seqs.append((e.input_ids, e.labels))
+        seqs.append((e.input_ids, reply_content(e.labels, sc.special_ids)))
+    # the reply's content is scored, not the end-of-turn token after it
+    assert [sum(v != -100 for v in lab) for _, lab in seqs] == [
+        len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in item.choices]
     lp = [s.logprob for s in sc.score(seqs)]
     summed, normed, skipped = rank_classify(sc, [item])[0]
     assert skipped is None
@@ -365,6 +368,19 @@ def test_mmlu_suite_in_the_step(world, tmp_path):
     assert mmlu[("mmlu", None, "accuracy")]["value"] in (0.0, 0.5, 1.0)
     assert m["stats"]["rows_in"] == 6 + 2
     assert not any(r["suite"] == "generation" for r in rows)
+
+
+def test_mmlu_cloze_asks_the_question_alone_and_ranks_the_choice_texts(trained, tokenizer):
+    from tasks.evaluate.mmlu import MmluItem
+    from tasks.evaluate.suites import mmlu_suite
+
+    # The module's model learned these questions as plain chat turns: asked the same way, it knows them.
+    qs = [MmluItem("f.csv", i + 1, "colors", q, tuple(ch + ["black"]), ch.index(a)) for i, (q, a, ch) in enumerate(QA)]
+    res = mmlu_suite(scorer(trained, tokenizer), qs, "cloze")
+    acc = {(r["task"], r["metric"]): r for r in res.rows}
+    assert acc[(None, "accuracy")]["value"] == 1.0 and acc[(None, "accuracy")]["n"] == 3
+    wrong = [MmluItem("f.csv", 1, "colors", QA[0][0], ("green", "red", "blue", "black"), 0)]  # gold label wrong
+    assert mmlu_suite(scorer(trained, tokenizer), wrong, "cloze").rows[0]["value"] == 0.0
 
 
 def test_finished_run_inputs_finds_the_latest_artifacts(world, tmp_path):

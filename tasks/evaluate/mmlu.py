@@ -100,3 +100,10 @@ def mmlu_prompt(item: MmluItem) -> str:
         f"The following is a multiple choice question about {subject}.\n\n"
         f"{item.question.strip()}\n{options}\nAnswer:"
     )
+
+
+def cloze_prompt(item: MmluItem) -> str:
+    """The cloze formulation (as in OLMES and the SmolLM evaluations): the question alone; the
+    choice texts are scored as the answer, so a model that cannot map letters to options is
+    still measured on what it knows."""
+    return item.question.strip()

@@ -71,7 +71,7 @@ def score_sequences(
             labels[row, :n] = torch.tensor(seqs[i][1])
             mask[row, :n] = 1
         ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         target = labels[:, 1:]
         scored = target != IGNORE
         logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -152,7 +152,7 @@ def score_groups(
         keep = torch.arange(first, width)  # logits only where some scored token is predicted
         logits = model(input_ids=ids.to(device), position_ids=pos.to(device),
                        attention_mask=_tree_mask([trees[k] for k in ks], width, dtype).to(device),
-                       logits_to_keep=keep.to(device)).logits.float()
+                       logits_to_keep=keep.to(device), use_cache=False).logits.float()
         logp = torch.log_softmax(logits, dim=-1).cpu()
         for r, k in enumerate(ks):
             out[k] = [Score(float(sum(logp[r, i - first, tok].double() for i, tok in tg)), len(tg))

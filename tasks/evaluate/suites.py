@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from tasks.evaluate.metrics import exact_match, rouge_l
-from tasks.evaluate.mmlu import LETTERS, MmluItem, mmlu_prompt
+from tasks.evaluate.mmlu import LETTERS, MmluItem, cloze_prompt, mmlu_prompt
 from tasks.evaluate.scoring import (
     IGNORE, greedy_generate, last_span_start, only_last_span, score_groups, score_sequences,
 )
@@ -38,6 +38,10 @@ class Scorer:
     def enc(self, messages: list[dict]):
         return self.encode(self.tokenizer, messages, self.max_seq_len, self.truncation)
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(self.tokenizer.all_special_ids)
+
     def score(self, seqs):
         return score_sequences(self.model, seqs, self.batch_size, self.pad_id, self.device)
 
@@ -62,6 +66,18 @@ def metric_row(suite: str, source: str | None, task: str | None, metric: str, va
 def _levels(source: str, task: str, overall: bool = True) -> list[tuple[str | None, str | None]]:
     # Every item counts for its task, its source, and (unless the suite has one source) the whole suite.
     return [(source, task), (source, None)] + ([(None, None)] if overall else [])
+
+
+def reply_content(labels: list[int], special_ids: frozenset[int]) -> list[int]:
+    """The last scored span (the final reply) without the special tokens that close it (end of turn)."""
+    out = only_last_span(labels)
+    i = len(out) - 1
+    while i >= 0 and out[i] == IGNORE:
+        i -= 1
+    while i >= 0 and out[i] in special_ids:
+        out[i] = IGNORE
+        i -= 1
+    return out
 
 
 def split_reply(messages: list[dict]) -> tuple[list[dict], str] | None:
@@ -139,7 +155,10 @@ def rank_classify(sc: Scorer, items: list[ChoiceItem]) -> list[Pick]:
     """Pick a choice per item by summed and by length-normalised log-likelihood of the reply.
 
     The prompt is run once per item and the choices are scored as its continuations, batched
-    (`score_groups`). Length normalisation divides by the choice's length in characters, as
+    (`score_groups`): the tokens of the reply's content, not the end-of-turn token that the
+    template closes it with (lm-evaluation-harness scores continuations without an end of
+    sequence too; a short answer would otherwise lose to the sentence the model would rather
+    start). Length normalisation divides by the choice's length in characters, as
     lm-evaluation-harness's acc_norm does. An item is skipped, with the reason, when a choice is
     empty (`empty_choice`), when the conversation with some choice does not fit `max_seq_len`
     (`too_long`: the reply would be cut, so the scores would not compare), or when a choice has
@@ -149,7 +168,7 @@ def rank_classify(sc: Scorer, items: list[ChoiceItem]) -> list[Pick]:
         seqs, reason = [], None
         for choice in it.choices:
             enc = sc.enc(it.context + [{"role": "assistant", "content": choice}])
-            labels = only_last_span(enc.labels)
+            labels = reply_content(enc.labels, sc.special_ids)
             if not choice.strip():
                 reason = reason or "empty_choice"
             elif enc.truncated:
@@ -231,9 +250,12 @@ def heldout_choices(sc: Scorer, records: list[dict]) -> SuiteResult:
 
 
 def mmlu_suite(sc: Scorer, questions: list[MmluItem], score_by: str = "letter") -> SuiteResult:
-    """Zero-shot MMLU accuracy per subject and overall; `score_by` letter (A-D) or the choice text."""
+    """Zero-shot MMLU accuracy per subject and overall. `score_by`: `letter` (the options listed,
+    the letters A-D ranked, as lm-evaluation-harness does), `text` (options listed, the choice
+    texts ranked) or `cloze` (the question alone, the choice texts ranked)."""
     items = [
-        ChoiceItem("mmlu", q.subject, [{"role": "user", "content": mmlu_prompt(q)}],
+        ChoiceItem("mmlu", q.subject,
+                   [{"role": "user", "content": cloze_prompt(q) if score_by == "cloze" else mmlu_prompt(q)}],
                    tuple(LETTERS) if score_by == "letter" else q.choices, q.answer)
         for q in questions
     ]

@@ -153,12 +153,12 @@ def prefect_server_process(home: Path, auth_string: str | None = None, ui: bool 
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    """The demo input files and their recipe.yaml (`tuneline demo-data`), written once per
-    session. Tests only read them; copy the directory to change anything."""
+    """The demo input files and their recipe.yaml for the tiny model (`tuneline demo-data
+    --model tiny`), written once per session. Tests only read them; copy the directory to change anything."""
     from tasks.demo_data import write_demo_data
 
     d = tmp_path_factory.mktemp("demo-data")
-    write_demo_data(d, seed=0)
+    write_demo_data(d, seed=0, model="tiny")
     return d
 
 
