@@ -48,7 +48,9 @@ input/target separator), or a `{field}` placeholder (an identifier in braces not
 preceded by a word character, backslash, quote, `{`, `}`, `^`, `_` or `$`, so LaTeX like
 `\\frac{a}{b}`, `x^{2}` and format strings like `"{name}"` pass). Code pasted without
 fences can still trip the `{field}` rule (e.g. `print(f"Hello {name}")`).
-Banned phrases are searched in assistant turns, case-insensitively.
+Banned phrases (`validate.banned_phrases`, English and Chinese by default) are searched in
+assistant turns, case-insensitively, with any whitespace between words and optional
+whitespace next to CJK characters, as whole words at Latin edges.
 
 An empty suite, a run where no expectation was evaluated, or an expectation that
 raised counts as a gate failure. A suite file that is not JSON, or names an unknown or
@@ -59,6 +61,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,7 @@ STEP, VERSION = "validate", 3  # 3: tasks.answers choice check, item words, held
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONTAMINATED = "contaminated"
 SAMPLE_IDS = 5
+EXAMPLES_PER_REASON = 3  # per source, task and reject reason in the report
 
 ROW_COLUMNS = {
     "record_id": "record id",
@@ -289,9 +293,28 @@ _CODE = r"(?s)```.*?```|`[^`\n]*`"
 _ROLE_CODE = {"system": "s", "user": "u", "assistant": "a"}
 
 
+def _phrase_regex(phrase: str) -> str:
+    """One banned phrase as a regex over lower-cased text: its words separated by any
+    whitespace, optional whitespace next to a non-Latin character (`作为一个 AI 语言模型`),
+    and an ASCII word boundary at an edge that is a Latin letter or digit ("has an ai ..." is not
+    "as an ai ...", while "openai" next to a Chinese character is a whole word). Rust regex (Polars)."""
+    out = []
+    chars = phrase.lower().split()
+    text = " ".join(chars)
+    for i, ch in enumerate(text):
+        if ch == " ":
+            out.append(r"\s+")
+            continue
+        if i and text[i - 1] != " " and (not text[i - 1].isascii() or not ch.isascii()):
+            out.append(r"\s*")
+        out.append(re.escape(ch))
+    edge = [r"(?-u:\b)" if c.isascii() and c.isalnum() else "" for c in (text[0], text[-1])]  # ASCII: "openai训练"
+    return edge[0] + "".join(out) + edge[1]
+
+
 def _banned_regex(phrases: list[str]) -> str | None:
-    phrases = [p.lower() for p in phrases if p.strip()]
-    return "(" + "|".join(re.escape(p) for p in phrases) + ")" if phrases else None
+    phrases = [p for p in phrases if p.strip()]
+    return "(" + "|".join(_phrase_regex(p) for p in phrases) + ")" if phrases else None
 
 
 def first_user_turns(df: pl.DataFrame) -> list[str | None]:
@@ -528,6 +551,7 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
     row_exps = [e for e in suite.at("row") if e.name in active]
     per_source: dict[str, dict[str, int]] = {}
     per_bench: dict[str, int] = {}
+    breakdown = Breakdown()
     rows_in = rows_out = rejected = 0
     ge_rows_left = cfg.ge_sample_rows
     sample_frames = []
@@ -550,8 +574,9 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
             sample_frames.append(batch.slice(0, min(batch.num_rows, 2_000)))
             if ge_rows_left is not None:
                 ge_rows_left -= batch.num_rows
-        kept, keep = _reject_rows(writer, df, feats, row_exps, masks, outcomes)
-        clean = _remove_contaminated(writer, kept, _on_kept(matches, keep), per_bench)
+        breakdown.add_rows(df)
+        kept, keep = _reject_rows(writer, df, feats, row_exps, masks, outcomes, breakdown)
+        clean = _remove_contaminated(writer, kept, _on_kept(matches, keep), per_bench, breakdown)
         if clean.height:
             writer.write("records_valid", RECORDS, clean.to_arrow())
         _count(per_source, df, kept, clean)
@@ -584,7 +609,7 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
     if not any(o.ge_evaluated for o in outcomes.values()):
         failures.append(f"suite {suite.file}: no expectation was evaluated")
     writer.attach_file("ge_validation.json", json.dumps(ge_json, indent=1, default=str).encode())
-    report = _report(suite, outcomes, source_frame, per_bench, matcher, failures)
+    report = _report(suite, outcomes, source_frame, per_bench, matcher, failures) + "\n" + breakdown.markdown()
     writer.attach_file("validation.md", report.encode())
     writer.stats.update(
         rows_in=rows_in, rows_out=rows_out, rows_rejected=rejected,
@@ -640,7 +665,7 @@ def _table_checks(files: list[Path], suite: Suite, outcomes: dict, active: set, 
 
 
 def _reject_rows(writer, df: pl.DataFrame, feats: pl.DataFrame, exps: list[Expectation],
-                 masks: dict[str, pl.Series], outcomes: dict) -> tuple[pl.DataFrame, np.ndarray]:
+                 masks: dict[str, pl.Series], outcomes: dict, breakdown: Breakdown) -> tuple[pl.DataFrame, np.ndarray]:
     """Write rows failing any row-level expectation to rejects; return (the rest with `lang`
     set, a mask of the rows kept)."""
     if not exps:
@@ -662,13 +687,13 @@ def _reject_rows(writer, df: pl.DataFrame, feats: pl.DataFrame, exps: list[Expec
     f = f.with_columns(reason.alias("_reason"), detail.str.slice(0, 500).alias("_detail"))
     bad = f["_reason"].is_not_null()
     if bad.any():
-        both = pl.concat([df.select("source", "origin_file", "origin_row", "record_id"), f.select("_reason", "_detail", "_user")],
-                         how="horizontal").filter(bad)
-        writer.write("rejects", REJECTS, both.select(
+        both = pl.concat([df.select("source", "task", "origin_file", "origin_row", "record_id"),
+                          f.select("_reason", "_detail", "_user")], how="horizontal").filter(bad)
+        _write_rejects(writer, breakdown, both.select(
             pl.lit(STEP).alias("step"), pl.col("_reason").alias("reason"), pl.col("_detail").alias("detail"),
             "source", "origin_file", "origin_row", "record_id", pl.lit(None, dtype=pl.String).alias("related_id"),
-            pl.col("_user").str.slice(0, RAW_PREFIX_CHARS).alias("raw_prefix"),
-        ).to_arrow())
+            pl.col("_user").str.slice(0, RAW_PREFIX_CHARS).alias("raw_prefix"), "task",
+        ))
     return df.with_columns(feats["lang"]).filter(~bad), ~bad.to_numpy()
 
 
@@ -682,7 +707,8 @@ def _on_kept(matches: pa.Table, keep: np.ndarray) -> pa.Table:
     return matches.filter(pa.array(hit)).set_column(column, "row_idx", pa.array(new_idx, pa.int64()))
 
 
-def _remove_contaminated(writer, kept: pl.DataFrame, matches: pa.Table, per_bench: dict) -> pl.DataFrame:
+def _remove_contaminated(writer, kept: pl.DataFrame, matches: pa.Table, per_bench: dict,
+                         breakdown: Breakdown) -> pl.DataFrame:
     """Write contaminated rows to rejects (benchmark name, matched eval item id); return the rest."""
     if matches.num_rows == 0:
         return kept
@@ -691,12 +717,67 @@ def _remove_contaminated(writer, kept: pl.DataFrame, matches: pa.Table, per_benc
     hit = k.join(m, on="row_idx", how="inner")
     for bench, n in hit.group_by("bench").len().iter_rows():
         per_bench[bench] = per_bench.get(bench, 0) + n
-    writer.write("rejects", REJECTS, hit.select(
-        pl.lit(STEP).alias("step"), pl.lit(CONTAMINATED).alias("reason"), pl.col("bench").alias("detail"),
+    _write_rejects(writer, breakdown, hit.select(
+        pl.lit(STEP).alias("step"), pl.lit(CONTAMINATED).alias("reason"),
+        pl.col("bench").alias("detail"),
         "source", "origin_file", "origin_row", "record_id", pl.col("item_id").alias("related_id"),
         pl.col("messages").list.eval(pl.element().struct.field("content")).list.first().str.slice(0, RAW_PREFIX_CHARS).alias("raw_prefix"),
-    ).to_arrow())
+        "task",
+    ))
     return k.join(m, on="row_idx", how="anti").drop("row_idx")
+
+
+def _write_rejects(writer, breakdown: Breakdown, rejects: pl.DataFrame) -> None:
+    """Write rejects (the REJECTS columns, then `task`) and count them in the report's breakdown."""
+    breakdown.add_rejects(rejects)
+    writer.write("rejects", REJECTS, rejects.drop("task").to_arrow())
+
+
+class Breakdown:
+    """The report's per source and task view: rows in, rejects by reason, the first
+    EXAMPLES_PER_REASON of each reason (record id, detail, start of the user turn)."""
+
+    def __init__(self):
+        self.rows_in: dict[tuple[str, str], int] = defaultdict(int)
+        self.rejected: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.examples: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+
+    def add_rows(self, df: pl.DataFrame) -> None:
+        for source, task, n in df.group_by("source", "task").len().iter_rows():
+            self.rows_in[(source or "", task or "")] += n
+
+    def add_rejects(self, rejects: pl.DataFrame) -> None:
+        example = pl.concat_str([
+            pl.format("`{}` {}", "record_id", pl.col("detail").fill_null("")),
+            pl.format(" (eval item `{}`)", "related_id"),  # null, so left out, on non-contamination rejects
+            pl.format(": {}", pl.col("raw_prefix").fill_null("").str.slice(0, 80)),
+        ], ignore_nulls=True)
+        groups = rejects.group_by("source", "task", "reason", maintain_order=True).agg(
+            pl.len().alias("n"), example.head(EXAMPLES_PER_REASON).alias("examples"))
+        for source, task, reason, n, examples in groups.iter_rows():
+            key = (source or "", task or "", reason)
+            self.rejected[key] += n
+            self.examples[key] += examples[: EXAMPLES_PER_REASON - len(self.examples[key])]
+
+    def markdown(self) -> str:
+        lines = ["### Per source and task", "", "| source | task | rows in | kept | rejected | reason | rows | examples |",
+                 "|---|---|---:|---:|---:|---|---:|---|"]
+        for (source, task), n_in in sorted(self.rows_in.items()):
+            reasons = sorted(((r, n) for (s, t, r), n in self.rejected.items() if (s, t) == (source, task)),
+                             key=lambda x: -x[1])
+            n_rej = sum(n for _, n in reasons)
+            head = f"| {source} | {task} | {n_in} | {n_in - n_rej} | {n_rej} |"
+            if not reasons:
+                lines.append(f"{head} | | |")
+            for i, (reason, n) in enumerate(reasons):
+                cells = "<br>".join(_cell(e) for e in self.examples[(source, task, reason)])
+                lines.append(f"{head if i == 0 else '| | | | | |'} {reason} | {n} | {cells} |")
+        return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text fit for one markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _count(per_source: dict, df: pl.DataFrame, kept: pl.DataFrame, clean: pl.DataFrame) -> None:

@@ -257,3 +257,40 @@ def test_rejected_rows_are_not_also_counted_contaminated(tmp_path):
     assert rejects == {train[4]["record_id"]: "non_empty_turns", train[5]["record_id"]: "contaminated",
                        train[9]["record_id"]: "contaminated"}
     assert out["stats"]["rows_contaminated"] == 2 and out["stats"]["rows_out"] == len(train) - 3
+
+
+def _heldout_matcher(eval_records, **cfg):
+    table = pa.Table.from_pylist(eval_records, schema=RECORDS)
+    return Decontaminator(decontam.heldout_prompts(table.to_batches()), DecontaminationConfig(**cfg))
+
+
+def _turns(texts):
+    return pa.table({"row_idx": list(range(len(texts))), "text": texts}, schema=TURNS)
+
+
+def test_few_shot_exemplars_of_a_heldout_row_are_not_its_text():
+    rng = random.Random(3)
+    exemplar = "Q: " + sentence(rng, 20) + "\nA: " + sentence(rng, 15) + "\n\n"  # a training example
+    own = "Q: " + sentence(rng, 20) + "\nA:"  # the held-out example itself
+    held = rec([U(exemplar + own), A("x")], i=1)
+    training = [exemplar.split("\nA:")[0], own[3:]]  # the exemplar's own row; a copy of the held-out question
+    with_meta = _heldout_matcher([{**held, "meta": json.dumps({decontam.SHOTS_CHARS: len(exemplar)})}])
+    assert {r["row_idx"] for r in with_meta.match(_turns(training)).to_pylist()} == {1}
+    without = _heldout_matcher([held])  # a row whose exemplars were not recorded: they count as its text
+    assert {r["row_idx"] for r in without.match(_turns(training)).to_pylist()} == {0, 1}
+
+
+def test_template_text_plus_a_word_or_two_is_not_overlap():
+    template = "Answer the question below, explaining your reasoning first. Is the following statement true?"
+    rng = random.Random(4)
+    items = [rec([U(f'{template} "The {sentence(rng, 15)}."'), A("yes")], i=i) for i in range(6)]
+    item_words = items[2]["messages"][0]["content"][len(template) + 6:].split()
+    training = [
+        f'{template} "The {sentence(random.Random(99), 15)}."',  # same template and first word only
+        f'{template} "The {" ".join(item_words[:2])} {sentence(random.Random(98), 13)}."',  # two item words
+        f'Tell me: "The {" ".join(item_words)}" is it so?',  # the held-out item's own words
+    ]
+    assert {r["row_idx"] for r in _heldout_matcher(items).match(_turns(training)).to_pylist()} == {2}
+    # counting every word outside template n-grams, template text plus two item words overlaps
+    assert {r["row_idx"] for r in _heldout_matcher(items, min_item_words=1).match(_turns(training)).to_pylist()} \
+        == {1, 2}

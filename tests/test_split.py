@@ -1,6 +1,7 @@
 """The held-out split: seeded, grouped by example, per source and task, stable and lossless."""
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import pyarrow.parquet as pq
@@ -8,7 +9,8 @@ import pytest
 
 from dedup_fixtures import deduplicated
 from tasks.schema import RECORDS, record_id
-from tasks.split import split
+from tasks.config import SplitConfig
+from tasks.split import PINNED, held_out_before_split, split
 from tasks.store import ArtifactStore
 
 SOURCES = [{"name": n, "format": "dolly", "path": "x"} for n in ("flan", "p3", "dolly")]
@@ -141,3 +143,28 @@ def test_zero_fraction_holds_out_nothing(tmp_path):
     store, m = run(tmp_path, rows, {"eval_fraction": 0.0})
     assert m["stats"]["rows_eval"] == 0
     assert pq.read_table(store.paths(m, "records_eval")[0]).num_rows == 0
+
+
+def test_the_side_is_known_before_the_split_runs(tmp_path):
+    """Convert draws few-shot exemplars with held_out_before_split; it must be the split's decision."""
+    rows = dataset()
+    cfg = {"eval_fraction": 0.3, "seed": 9}
+    store, m = run(tmp_path, rows, cfg)
+    train, held = sides(store, m)
+    predicted = {r["record_id"] for r in rows
+                 if held_out_before_split(SplitConfig(**cfg), r["source"], r["example_id"] or r["record_id"])}
+    assert predicted == set(held) and held and train
+
+
+def test_eval_rows_keeps_exemplar_pool_examples_in_training(tmp_path):
+    rows = [record("flan", "cot", i, "t0", f"cot/{i}") for i in range(40)]
+    _, m = run(tmp_path, rows, {"eval_rows": 10, "seed": 7}, "plain")
+    first_held = {r["example_id"] for r in ArtifactStore(tmp_path / "plain").read(m, "records_eval").to_pylist()}
+    pool = {f"cot/{i}" for i in range(0, 40, 2)} | first_held  # the pool holds examples the split would take
+    for r in rows:
+        r["meta"] = json.dumps({PINNED: True}) if r["example_id"] in pool else "{}"
+    # nothing pinned is held out, eval_rows is still met from the other examples
+    assert not held_out_before_split(SplitConfig(eval_rows=10, seed=7), "flan", "cot/1")
+    store, m = run(tmp_path, rows, {"eval_rows": 10, "seed": 7}, "pinned")
+    _, held = sides(store, m)
+    assert len(held) == 10 and not {r["example_id"] for r in held.values()} & pool

@@ -324,3 +324,53 @@ def test_great_expectations_and_vectorised_checks_must_agree(tmp_path, monkeypat
     fails = out["stats"]["gate_failures"]
     assert fails == ["roles_alternate: great-expectations counted 0 unexpected rows on the sample, "
                      "the vectorised check 1"]
+
+
+def _run_rows(tmp_path, rows, key="k1", **validate_cfg):
+    store = ArtifactStore(tmp_path / "art")
+    out = validate(str(store.root), recipe(tmp_path, **validate_cfg), split_manifest(store, rows, key=key))
+    rejected = {r["record_id"]: r["reason"] for r in store.read(out, "rejects").to_pylist()}
+    return out, rejected
+
+
+def test_banned_phrases_in_english_and_chinese(tmp_path):
+    q = "Please tell me something about yourself and your work here."
+    said = {
+        "zh_spaced": "作为一个 AI 语言模型，我没有个人观点。",
+        "zh_openai": "你好！我是由OpenAI训练的语言模型。",
+        "zh_refusal": "抱歉，我无法满足此请求。",
+        "en": "As an AI language model, I have no opinions.",
+        "en_not_a_phrase": "He has an AI language model on his phone.",  # "has an ai": not "as an ai"
+        "zh_fine": "我是一名医生，作为医生我建议多休息。",
+    }
+    rows = {k: rec([U(q), A(v)], i=i) for i, (k, v) in enumerate(said.items())}
+    rows["zh_in_user_turn"] = rec([U("作为一个AI语言模型，你怎么看这个问题？请详细说明。"), A("我觉得很好。")], i=50)
+    out, rejected = _run_rows(tmp_path, list(rows.values()) + good_rows(5, start=100))
+    bad = {k for k, r in rows.items() if rejected.get(r["record_id"]) == "no_banned_phrases"}
+    assert bad == {"zh_spaced", "zh_openai", "zh_refusal", "en"}
+    # a recipe's own list replaces the defaults
+    _, rejected = _run_rows(tmp_path, list(rows.values()), key="k2", banned_phrases=["没有个人观点"])
+    assert {k for k, r in rows.items() if r["record_id"] in rejected} == {"zh_spaced"}
+
+
+def test_report_breaks_down_rejects_per_source_and_task(tmp_path):
+    def in_task(r, task):
+        return {**r, "task": task}
+
+    wrong = [in_task(rec([U("Which is a gas? Options: (A) iron (B) air"), A(f"Air is a gas, case {i}. "
+                                                                              "Therefore, the answer is (C).")],
+                         choices=("(A) iron", "(B) air"), i=200 + i), "quiz") for i in range(5)]
+    right = [in_task(rec([U("Which is a gas? Options: (A) iron (B) air"), A(f"Air is a gas, case {i}. "
+                                                                              "Therefore, the answer is (B).")],
+                         choices=("(A) iron", "(B) air"), i=300 + i), "quiz") for i in range(4)]
+    leftover = in_task(rec([U("Describe {topic} in two sentences, please."), A("Fine.")], i=400), "open")
+    out, rejected = _run_rows(tmp_path, wrong + right + [leftover] + [in_task(r, "open") for r in good_rows(6)])
+    assert set(rejected) == {r["record_id"] for r in wrong} | {leftover["record_id"]}
+    md = out["stats"]["report_markdown"]
+    assert md == (tmp_path / "art" / out["dir"] / "validation.md").read_text()
+    section = md.split("### Per source and task")[1]
+    quiz = next(line for line in section.splitlines() if line.startswith("| src | quiz |"))
+    assert quiz.startswith("| src | quiz | 9 | 4 | 5 | target_in_answer_choices | 5 |")
+    assert sum(r["record_id"] in quiz for r in wrong) == 3  # three examples of the reason
+    open_line = next(line for line in section.splitlines() if line.startswith("| src | open |"))
+    assert "| 7 | 6 | 1 | no_template_leftovers | 1 |" in open_line and leftover["record_id"] in open_line

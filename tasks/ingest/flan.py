@@ -46,19 +46,20 @@ from tasks.split import PINNED, held_out_before_split
 
 COT_FIELDS = ("question", "answer", "rationale")
 #: An option line written with its label and no bullet (AQuA: "(A) 300").
-_LABELLED_OPTION = re.compile(r"(?m)^([ \t]*)(\([A-Z]\)[ \t]*\S)")
+_LABELLED_OPTION = re.compile(r"(?m)^[ \t]*(\([A-Z]\))[ \t]*(?=\S)")
 
 
 def split_cot_options(question: str) -> tuple[str, list[str]]:
     """(question without its options block, options): the `- a` lines after the last
-    `Options:` header (split_options), else its labelled lines `(A) 300`, kept with their labels."""
+    `Options:` header (split_options), else its labelled lines `(A) 300`, kept with their labels
+    (one space after the label)."""
     stem, options = split_options(question)
     if options:
         return stem, options
     head = question.lower().rfind("options")
     if head < 0:
         return question, []
-    stem, options = split_options(question[:head] + _LABELLED_OPTION.sub(r"\1- \2", question[head:]))
+    stem, options = split_options(question[:head] + _LABELLED_OPTION.sub(r"- \1 ", question[head:]))
     return (stem, options) if options else (question, [])
 
 

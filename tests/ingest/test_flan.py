@@ -12,8 +12,9 @@ from tasks.ingest import READERS
 from tasks.render import COT_TEMPLATES
 
 
-def _run(tmp_path, path, fmt, **src):
-    rc = parse_recipe({"sources": [{"name": "f", "format": fmt, "path": str(path), **src}]}, tmp_path)
+def _run(tmp_path, path, fmt, split=None, **src):
+    rc = parse_recipe({"sources": [{"name": "f", "format": fmt, "path": str(path), **src}],
+                       **({"split": split} if split else {})}, tmp_path)
     s = rc.sources[0]
     reader = READERS[fmt]
     items = list(reader.read(rc, s, str(path)))
@@ -101,3 +102,68 @@ def test_cot_options_checked_at_recipe_time(tmp_path):
     with pytest.raises(RecipeError, match="template_types"):
         parse_recipe({"sources": [{"name": "f", "format": "flan_cot", "path": str(p),
                                    "options": {"template_types": ["zs_bogus"]}}]}, tmp_path)
+
+
+def _tsv(tmp_path, lines, name):
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_cot_labelled_options_are_choices_and_always_shown(tmp_path):
+    # AQuA's shape: options as "(A) 300" lines after "Options:", the answer a bare label
+    lines = [f"A sum of {i}00 is split in two. How much is each part?\\nOptions:\\n(A) {i}0\\n(B) {i}5\\n(C) {i}50"
+             f"\\n(D)  {i}00\\n(E) {i}20\t(C)\t{i}00 / 2 = {i}50" for i in range(1, 9)]
+    _, out = _run(tmp_path, _tsv(tmp_path, lines, "cot_aqua_train.tsv"), "flan_cot", templates_per_row=4)
+    assert out and all(len(r["answer_choices"]) == 5 for r in out)
+    for r in out:
+        i = r["origin_row"]
+        assert r["answer_choices"] == [f"(A) {i}0", f"(B) {i}5", f"(C) {i}50", f"(D) {i}00", f"(E) {i}20"]
+        meta = json.loads(r["meta"])
+        # the answer names an option, so a no-options template would not make sense: every
+        # rendering shows the options, as "- (A) ..." lines, and only once
+        assert meta["template_type"].endswith("_opt")
+        own = r["messages"][0]["content"][meta["shots_chars"]:]
+        assert f"- (C) {i}50" in own and "Options:\n(A)" not in own and own.count(f"(E) {i}20") == 1
+
+
+def test_cot_no_options_template_hides_options_but_keeps_choices(tmp_path):
+    # ECQA's shape: "- a" options, the answer is the option's text
+    lines = [f"Where is spare key {i} kept?\\nOptions:\\n- under the mat\\n- in the ocean\\n- on the moon\t"
+             f"under the mat\tKeys are kept near doors." for i in range(12)]
+    _, out = _run(tmp_path, _tsv(tmp_path, lines, "cot_ecqa_train.tsv"), "flan_cot", templates_per_row=4)
+    noopt = [r for r in out if json.loads(r["meta"])["template_type"].endswith("_noopt")]
+    assert noopt and len(noopt) < len(out)
+    for r in noopt:
+        own = r["messages"][0]["content"][json.loads(r["meta"])["shots_chars"]:]
+        assert "in the ocean" not in own and "Options" not in own
+        assert r["answer_choices"] == ["under the mat", "in the ocean", "on the moon"]
+
+
+def test_cot_exemplars_come_only_from_the_training_side(tmp_path):
+    from tasks.split import held_out_before_split
+
+    p = _cot_file(tmp_path, n=60)
+    rc = parse_recipe({"sources": [{"name": "f", "format": "flan_cot", "path": str(p), "templates_per_row": 4}],
+                       "split": {"eval_fraction": 0.5, "seed": 3}}, tmp_path)
+    _, out = _run(tmp_path, p, "flan_cot", templates_per_row=4, split={"eval_fraction": 0.5, "seed": 3})
+    held = {r["origin_row"]: held_out_before_split(rc.split, "f", r["example_id"]) for r in out}
+    assert 10 < sum(held.values()) < 50  # the split holds out about half of the rows
+    used = {e for r in out for e in json.loads(r["meta"])["exemplar_rows"]}
+    assert used and not any(held[e] for e in used)
+    pinned = {r["origin_row"] for r in out if json.loads(r["meta"]).get("exemplar_pool")}
+    assert used <= pinned and pinned == {row for row, h in held.items() if not h}  # 60 rows: all in the pool
+    for r in out:
+        meta, prompt = json.loads(r["meta"]), r["messages"][0]["content"]
+        i = r["origin_row"] - 1
+        assert f"What is {i} plus {i}?" in prompt[meta["shots_chars"]:]
+        assert (meta["shots_chars"] > 0) == bool(meta["exemplar_rows"])
+        assert f"What is {i} plus {i}?" not in prompt[:meta["shots_chars"]]
+
+
+def test_cot_convert_key_follows_the_split(tmp_path):
+    p = _cot_file(tmp_path)
+    keys = [READERS["flan_cot"].config_inputs(parse_recipe(
+        {"sources": [{"name": "f", "format": "flan_cot", "path": str(p)}], "split": split}, tmp_path),
+        None) for split in ({"eval_fraction": 0.05}, {"eval_fraction": 0.1}, {"eval_fraction": 0.05})]
+    assert keys[0] != keys[1] and keys[0] == keys[2]
