@@ -94,6 +94,8 @@ def _print_summary(out: str, result: dict) -> None:
     root = Path(out).resolve()
     print(f"\nrun {result.get('run_id')}: artifacts in {root}, catalog {root / 'catalog.duckdb'}")
     print(query(root, (REPO / "sql" / "reports" / "step_counts.sql").read_text()))
+    if result.get("report"):
+        print(f"\nreport (open in a browser): {result['report']}")
     if result.get("evaluate"):
         from tasks.evaluate import REPORT_FILE
 

@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.tasks import (
-    convert_task, dedup_task, evaluate_task, gate_task, ingest_task, mix_task, publish_task,
+    convert_task, dedup_task, evaluate_task, gate_task, ingest_task, mix_task, publish_task, report_task,
     signatures_task, split_task, tokenizer_task, train_task, validate_task,
 )
 from flows.steps import DATA_STEPS, STEPS
@@ -191,13 +191,13 @@ def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None,
     # The shard runner is chosen per run, so TUNELINE_DASK_ADDRESS set after import still counts.
     prepared = prepare.with_options(task_runner=shard_runner())(recipe_path, out, until, run_id)
     done = {"run_id": run_id, "root": prepared["root"]}
-    if until in DATA_STEPS or not load_recipe(recipe_path).stages:
-        return done
-    models = train(recipe_path, prepared)
-    if until == "train" or not load_recipe(recipe_path).evaluate.enabled:
-        return done
-    results = evaluate(recipe_path, prepared, models)
-    return done | {"evaluate": [m["dir"] for m in results]}
+    recipe = load_recipe(recipe_path)
+    if until not in DATA_STEPS and recipe.stages:
+        models = train(recipe_path, prepared)
+        if until != "train" and recipe.evaluate.enabled:
+            done["evaluate"] = [m["dir"] for m in evaluate(recipe_path, prepared, models)]
+    done["report"] = report_task(done["root"], run_id, recipe_path)
+    return done
 
 
 def evaluate_finished(recipe_path: str, out: str = "artifacts") -> dict:

@@ -1,8 +1,10 @@
 """What a finished step shows: a `runs` row per task, the catalog rebuilt, Prefect artifacts."""
 from __future__ import annotations
 
+import re
 import time
 
+from tasks import plots
 from tasks.store import ArtifactStore, RunLog, atomic_write_bytes
 
 
@@ -35,17 +37,39 @@ def publish(root: str, run_id: str, recipe_path: str, step: str, manifests: list
     rows = step_rows(step, manifests)
     store.publish_step(RunLog(store, run_id, recipe_path), step, manifests, rows)
     _prefect_table(step, rows, store)
+    figure = None
     if step == "evaluate":
-        _eval_comparison(store, manifests)
+        figure = _eval_comparison(store, run_id, manifests)
+    elif step in FIGURES:
+        figure = plots.save(store.root / plots.FIGURES / run_id, FIGURES[step][0], FIGURES[step][1](store, manifests))
     report = step_report(step, manifests)
+    if figure is not None:
+        report = f"![{step}]({plots.data_uri(figure.read_bytes())})\n\n_{figure}_\n\n" + report
     if report:
         _prefect_markdown(f"{step}-report", report, f"{step}: the report of each of its {len(manifests)} task(s)")
+
+
+def _loss(store: ArtifactStore, manifests: list[dict]) -> bytes | None:
+    log = store.read(manifests, "train_log", columns=["stage", "step", "loss"])
+    return plots.loss_curves(log.to_pylist() if log is not None else [])
+
+
+def _mixture(store: ArtifactStore, manifests: list[dict]) -> bytes | None:
+    report = store.read(manifests, "mixture_report")
+    return plots.mixture_shares(report.to_pylist() if report is not None else [])
+
+
+#: step -> (figure name, what draws it from the step's manifests)
+FIGURES = {"train": ("loss", _loss), "mix": ("mixture", _mixture)}
+
+
+_MERMAID = re.compile(r"```mermaid.*?```\n?", re.S)  # a chart the default UI shows as source: the figure replaces it
 
 
 def step_report(step: str, manifests: list[dict]) -> str:
     """One markdown report per step: every task's report (each shard, each stage) under its
     label, so no shard's report hides another's behind a shared artifact key."""
-    parts = [(m.get("label", ""), m.get("stats", {}).get("report_markdown")) for m in manifests]
+    parts = [(m.get("label", ""), _MERMAID.sub("", m.get("stats", {}).get("report_markdown") or "")) for m in manifests]
     parts = [(label, md) for label, md in parts if md]
     if len(parts) == 1:
         return parts[0][1]
@@ -70,22 +94,45 @@ def _prefect_markdown(key: str, markdown: str, description: str) -> None:
     _artifact("markdown", key, description, markdown=markdown)
 
 
-def _eval_comparison(store: ArtifactStore, manifests: list[dict]) -> None:
-    """Base vs every stage: `<out>/eval_comparison.md` and the `eval-comparison` table artifact."""
+def _eval_comparison(store: ArtifactStore, run_id: str, manifests: list[dict]):
+    """Base vs every stage: `<out>/eval_comparison.md`, the `eval-comparison` table artifact,
+    and the figure (returned: its path, or None)."""
     from tasks.evaluate.report import REPORT_FILE, comparison_table, table_markdown, table_plain
 
     table = comparison_table(str(store.root), manifests)
     atomic_write_bytes(store.root / REPORT_FILE, table_markdown(table).encode())
     _artifact("table", "eval-comparison", f"Evaluation, base vs stages (± standard error, Δ to base, (noise) "
               f"within 1.96 combined standard errors); also {store.root / REPORT_FILE}", table=table_plain(table))
+    return plots.save(store.root / plots.FIGURES / run_id, "evaluation", plots.evaluation(table))
 
 
 def _artifact(kind: str, key: str, description: str, **content) -> None:
     """A Prefect table or markdown artifact of the current run (none outside a flow run)."""
     from prefect import artifacts
+    from prefect.context import FlowRunContext, TaskRunContext
 
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return  # outside a flow run there is nowhere to publish
     create = artifacts.create_table_artifact if kind == "table" else artifacts.create_markdown_artifact
     try:
         create(key=_key(key), description=description, **content)
     except Exception:  # outside a flow run there is nowhere to publish
         pass
+
+
+def run_report(root: str, run_id: str, recipe_path: str) -> str:
+    """The run's static HTML report, and a `run-report` artifact of the pipeline run that
+    links it and every step's report artifact. Returns the HTML file's path."""
+    from prefect.settings import PREFECT_UI_URL
+
+    from tasks import html_report
+
+    path = html_report.write(root, run_id, recipe_path)
+    ui = (PREFECT_UI_URL.value() or "").rstrip("/")
+    steps = [s for s in ArtifactStore(root).latest() if s != "dedup-signatures"]
+    links = [f"- [{s} report]({ui}/artifacts/key/{_key(s + '-report')})" for s in steps]
+    links.append(f"- [evaluation table]({ui}/artifacts/key/eval-comparison)" if "evaluate" in steps else "")
+    markdown = (f"### Tuneline run {run_id}\n\nHTML report (one file, open it in a browser): `{path}`\n\n"
+                "Reports of the steps (their subflows' artifacts):\n\n" + "\n".join(x for x in links if x))
+    _prefect_markdown("run-report", markdown, f"run {run_id}: the HTML report and every step's report")
+    return str(path)

@@ -98,3 +98,9 @@ def evaluate_task(root: str, recipe: dict, stage: str, model_manifest: dict | No
 def publish_task(root: str, run_id: str, recipe_path: str, step: str, manifests: list[dict]) -> None:
     """Point the catalog at a finished step and show its counts in the Prefect UI."""
     report.publish(root, run_id, recipe_path, step, manifests)
+
+
+@task(name="report", task_run_name="run report", **_opts)
+def report_task(root: str, run_id: str, recipe_path: str) -> str:
+    """The run's static HTML report and the `run-report` artifact linking every step's report."""
+    return report.run_report(root, run_id, recipe_path)
