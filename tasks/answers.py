@@ -21,7 +21,7 @@ reasoned target, one of the record's answer choices?) and by evaluation
   `(A) DNA`; `Sentence A` matches `Sentence A: "He drinks apple."`; `DNA` matches `(A) DNA`.
 - `is_bare_label(text)`: the answer is only a label (`(C)`, `Sentence A`), so a prompt
   must show the options for it to make sense.
-- `choice_index(answer, choices)`: the first choice that `answer` (or its final answer) names.
+- `choice_index(answer, choices)`: the first choice that `answer`'s final answer (or `answer`) names.
 """
 from __future__ import annotations
 
@@ -110,8 +110,8 @@ def same_answer(a: str, b: str) -> bool:
 
 
 def choice_index(answer: str, choices: list[str]) -> int | None:
-    """The index of the first choice `answer` names, trying the whole text, then its final answer."""
-    candidates = [answer] + [f for f in (final_answer(answer),) if f is not None]
+    """The index of the first choice `answer` names, trying its final answer, then the whole text."""
+    candidates = [f for f in (final_answer(answer),) if f is not None] + [answer]
     for cand in candidates:
         for i, choice in enumerate(choices):
             if same_answer(cand, choice):

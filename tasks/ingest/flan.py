@@ -79,7 +79,7 @@ def _unescape(s: str) -> str:
 @register
 class FlanReader(Reader):
     name = "flan"
-    version = 2  # 2: CoT (a .tsv) as FlanCotReader 2
+    version = 3  # 3: CoT (a .tsv) as FlanCotReader 3
 
     options_allowed = frozenset({"layout", "template_types", "num_exemplars", "task"})
 
@@ -127,7 +127,7 @@ class FlanReader(Reader):
 @register
 class FlanCotReader(Reader):
     name = "flan_cot"
-    version = 2  # 2: labelled options parsed, exemplars from the training side, label answers keep options
+    version = 3  # 3: one space after an option label; 2: labelled options parsed, exemplars from the training side, label answers keep options
     options_allowed = frozenset({"layout", "template_types", "num_exemplars", "task"})
 
     @classmethod
