@@ -14,7 +14,7 @@ REPORTS = "reports"
 LATEST = "report.html"
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td.t,th.t{text-align:left}td.x{max-width:420px;overflow-wrap:anywhere;font-size:12px}
+th{background:#f3f3f3}td.t,th.t{text-align:left}td.x{max-width:420px;overflow-wrap:anywhere;font-size:12px;text-align:left}
 img{max-width:100%;border:1px solid #eee}h2{border-bottom:1px solid #ddd;margin-top:1.6em}.muted{color:#777}"""
 
 QUERIES = {

@@ -32,7 +32,7 @@ def loss_curves(train_log: list[dict]) -> bytes | None:
     if not train_log:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
     for stage in dict.fromkeys(r["stage"] for r in train_log):
         pts = sorted((r["step"], r["loss"]) for r in train_log if r["stage"] == stage and r["loss"] is not None)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 60 else None, label=stage)
@@ -48,7 +48,7 @@ def mixture_shares(report: list[dict]) -> bytes | None:
         return None
     plt = _pyplot()
     stages = list(dict.fromkeys(r["stage"] for r in sorted(report, key=lambda r: r["stage_index"])))
-    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.4), squeeze=False, layout="constrained")
     for ax, stage in zip(axes[0], stages):
         rows = [r for r in report if r["stage"] == stage]
         ys = range(len(rows))
@@ -71,7 +71,7 @@ def evaluation(table: list[dict]) -> bytes | None:
         return None
     plt = _pyplot()
     models = [k[1:] for k in rows[0] if k.startswith("_")]
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4), squeeze=False, layout="constrained")
     for ax, r in zip(axes[0], rows):
         cells = [r[f"_{m}"] for m in models]
         ax.bar(range(len(models)), [c["value"] or 0 for c in cells], yerr=[c["stderr"] or 0 for c in cells],

@@ -136,7 +136,7 @@ def _cells(metric: str, value, n, base, base_n, is_base: bool) -> dict:
     base_se = stderr(metric, base, base_n)
     noise = None if se is None or base_se is None else abs(delta) <= Z * math.hypot(se, base_se)
     return cell | {"delta": delta, "noise": noise,
-                   "delta_text": f"{delta:+.4f}" + (" (noise)" if noise else "")}
+                   "delta_text": ("+" if delta >= 0 else "") + _fmt(delta) + (" (noise)" if noise else "")}
 
 
 def comparison_table(root: str, eval_manifests: list[dict]) -> list[dict]:
