@@ -98,6 +98,10 @@ class FlanReader(Reader):
         return FlanCotReader.exemplar_pool(recipe, source, file, rows) if _is_tsv(file) else None
 
     @classmethod
+    def config_inputs(cls, recipe, source) -> dict:
+        return FlanCotReader.config_inputs(recipe, source) if _is_tsv(source.path) else {}
+
+    @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:
         if rows and _is_tsv(rows[0][0]):
             yield from FlanCotReader.convert(recipe, source, rows, pool)

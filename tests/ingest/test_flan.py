@@ -167,3 +167,9 @@ def test_cot_convert_key_follows_the_split(tmp_path):
         {"sources": [{"name": "f", "format": "flan_cot", "path": str(p)}], "split": split}, tmp_path),
         None) for split in ({"eval_fraction": 0.05}, {"eval_fraction": 0.1}, {"eval_fraction": 0.05})]
     assert keys[0] != keys[1] and keys[0] == keys[2]
+
+
+def test_flan_format_on_tsv_keys_its_convert_on_the_split_too(tmp_path):
+    p = _cot_file(tmp_path)
+    rc = parse_recipe({"sources": [{"name": "f", "format": "flan", "path": str(p)}]}, tmp_path)
+    assert READERS["flan"].config_inputs(rc, rc.sources[0]) == {"split": rc.split.model_dump()}
