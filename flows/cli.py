@@ -75,9 +75,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_server(args) -> int:
-    from flows.prefect_server import serve
+    from flows import prefect_server
 
-    serve(args.host, args.port, ui=not args.no_ui, log_level=args.log_level)
+    if args.action == "stop":
+        print(prefect_server.stop_server())
+    elif args.action == "status":
+        state = prefect_server.running_server()
+        print(f"running: UI {state['ui_url']}, pid {state['pid']}" if state else "not running")
+    else:
+        prefect_server.serve(args.host, args.port, ui=not args.no_ui, log_level=args.log_level)
     return 0
 
 
@@ -143,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("server", parents=[common],
                         help="a lasting Prefect server (API, UI, scheduler) for deployments and workers")
+    sv.add_argument("action", nargs="?", choices=["stop", "status"],
+                    help="stop: stop the local server `tuneline run` started in the background (or this one); "
+                         "status: say whether it runs. Without: serve in the foreground")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     sv.add_argument("--port", type=int, default=4200, help="port to listen on (default 4200)")
     sv.add_argument("--no-ui", action="store_true", help="serve the API only, without the web UI")

@@ -55,15 +55,31 @@ def run_name(flow: str):
     return name
 
 
-def shard_runner():
-    """Dask when a scheduler is named (TUNELINE_DASK_ADDRESS), else a local process pool."""
+#: Inputs below this many bytes run their shard tasks on threads: starting a process pool
+#: (each worker imports Prefect, Arrow, Polars) costs seconds, more than small shards take.
+SMALL_INPUT_BYTES = int(os.environ.get("TUNELINE_PROCESS_POOL_BYTES", 32 << 20))
+
+
+def shard_runner(input_bytes: int | None = None):
+    """Dask when a scheduler is named (TUNELINE_DASK_ADDRESS), else a local process pool of
+    TUNELINE_WORKERS processes, or threads for inputs under SMALL_INPUT_BYTES."""
     address = os.environ.get("TUNELINE_DASK_ADDRESS")
     if address:
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=address)
     workers = int(os.environ.get("TUNELINE_WORKERS", os.cpu_count() or 1))
-    return ProcessPoolTaskRunner(max_workers=workers) if workers > 1 else ThreadPoolTaskRunner(max_workers=1)
+    if workers > 1 and (input_bytes is None or input_bytes >= SMALL_INPUT_BYTES):
+        return ProcessPoolTaskRunner(max_workers=workers)
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def input_bytes(recipe) -> int | None:
+    """Total size of a recipe's local input files (None when one is remote, `hf://`)."""
+    files = [f for s in recipe.sources for f in recipe.source_files(s)]
+    if any(f.startswith("hf://") for f in files):
+        return None
+    return sum(Path(f).stat().st_size for f in files)
 
 
 def _done(until: str | None, step: str) -> bool:
@@ -188,10 +204,11 @@ def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None,
         raise TunelineError(f"until must be one of {', '.join(STEPS)}, not {until!r}")
     recipe_path = str(Path(recipe_path).resolve())
     run_id = run_id or flow_run_run_id()
-    # The shard runner is chosen per run, so TUNELINE_DASK_ADDRESS set after import still counts.
-    prepared = prepare.with_options(task_runner=shard_runner())(recipe_path, out, until, run_id)
-    done = {"run_id": run_id, "root": prepared["root"]}
     recipe = load_recipe(recipe_path)
+    # The shard runner is chosen per run, so TUNELINE_DASK_ADDRESS set after import still counts.
+    runner = shard_runner(input_bytes(recipe))
+    prepared = prepare.with_options(task_runner=runner)(recipe_path, out, until, run_id)
+    done = {"run_id": run_id, "root": prepared["root"]}
     if until not in DATA_STEPS and recipe.stages:
         models = train(recipe_path, prepared)
         if until != "train" and recipe.evaluate.enabled:

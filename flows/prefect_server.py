@@ -21,7 +21,10 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Iterator
+
+from tasks.errors import TunelineError
 
 # POST endpoints whose JSON body is a set of optional query fields (filters, sort, limit).
 READ_ENDPOINTS = ("/filter", "/count", "/paginate", "/history", "/get_scheduled_flow_runs", "/get_runs",
@@ -87,7 +90,15 @@ def serve(host: str, port: int, ui: bool = True, log_level: str = "info") -> Non
     os.environ["PREFECT_SERVER_API_HOST"], os.environ["PREFECT_SERVER_API_PORT"] = host, str(port)
     print(f"Prefect server with Tuneline's compatibility layer: UI http://{host}:{port}, API http://{host}:{port}/api\n"
           f"Clients: export PREFECT_API_URL=http://{host}:{port}/api", flush=True)
-    uvicorn.run(create_app(final=True), host=host, port=port, log_level=log_level)
+    local = host in ("127.0.0.1", "localhost")
+    recorded = _read_state()
+    if local and (recorded is None or (recorded["pid"] != os.getpid() and running_server() is None)):
+        _record(os.getpid(), host, port, "")  # `tuneline run` without PREFECT_API_URL reuses it
+    try:
+        uvicorn.run(create_app(final=True), host=host, port=port, log_level=log_level)
+    finally:
+        if local:
+            _forget(os.getpid())
 
 
 def temporary_server_class():
@@ -115,35 +126,189 @@ def temporary_server_class():
     return TemporaryServer
 
 
+# -- the local lasting server `tuneline run` reuses ------------------------------------------
+STATE_FILE = "tuneline-server.json"  # in $PREFECT_HOME: the local server's pid, port and URL
+SERVER_ENV = "TUNELINE_SERVER"  # "temporary": a server per run instead of the lasting one
+
+
+def _state_path() -> Path:
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()).expanduser() / STATE_FILE
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_state() -> dict | None:
+    try:
+        return json.loads(_state_path().read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def running_server() -> dict | None:
+    """The local lasting server recorded in $PREFECT_HOME, if it is alive and answers."""
+    state = _read_state()
+    return state if state and _alive(state["pid"]) and _healthy(state["api_url"]) else None
+
+
+def _forget(pid: int) -> None:
+    """Remove the record of the server `pid` (a server that stops)."""
+    with contextlib.suppress(FileNotFoundError, OSError):
+        if (_read_state() or {}).get("pid") == pid:
+            _state_path().unlink()
+
+
+def _record(pid: int, host: str, port: int, log: str) -> dict:
+    from tasks.store import atomic_write_json
+
+    state = {"pid": pid, "host": host, "port": port, "api_url": f"http://{host}:{port}/api",
+             "ui_url": f"http://{host}:{port}", "log": log}
+    _state_path().parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(_state_path(), state)
+    return state
+
+
+def _free_port(preferred: int = 4200) -> int:
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port")
+
+
+@contextlib.contextmanager
+def _state_lock() -> Iterator[None]:
+    import fcntl
+
+    path = _state_path().with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_server(timeout_s: float = 300) -> dict:
+    """The local lasting server: the one running (from `tuneline server` or an earlier run),
+    else `tuneline server` started in the background on port 4200 (or a free one), its log in
+    $PREFECT_HOME/tuneline-server.log. One start at a time across processes."""
+    import time
+
+    with _state_lock():
+        found = running_server()
+        if found:
+            return found
+        port = _free_port()
+        log = _state_path().with_name("tuneline-server.log")
+        env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_API_URL")}
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port)],
+                                    stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)  # not the terminal's: Ctrl-C of a run leaves it up
+        state = _record(proc.pid, "127.0.0.1", port, str(log))
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(state["api_url"]):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                _state_path().unlink(missing_ok=True)
+                raise TunelineError(f"the local Prefect server did not start (see {log}); set "
+                                    f"{SERVER_ENV}=temporary for a server per run")
+            time.sleep(0.2)
+        logging.getLogger(__name__).info("started a lasting local Prefect server: %s (`tuneline server stop` "
+                                         "stops it)", state["ui_url"])
+        return state
+
+
+def stop_server(timeout_s: float = 30) -> str:
+    """`tuneline server stop`: stop the local lasting server; says what it did."""
+    import signal
+    import time
+
+    with _state_lock():
+        state = running_server()
+        _state_path().unlink(missing_ok=True)
+    if state is None:
+        return "no local Tuneline Prefect server is running"
+    os.kill(state["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(state["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return f"stopped the Prefect server at {state['ui_url']} (pid {state['pid']}); its history stays in $PREFECT_HOME"
+
+
+def _drain() -> None:
+    """Send the queued logs and events while the server is still there, else each batch
+    retries against a closed port for a minute at exit."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=10)
+
+
 @contextlib.contextmanager
 def prefect_api(timeout_s: float | None = None) -> Iterator[Any]:
     """One Prefect API for this process and its shard workers, for the length of a run.
 
-    With PREFECT_API_URL set, that server. Without it, Prefect would start a temporary
-    server per process, so task runs in the process pool would land on servers of their
-    own, invisible in the run's UI: start one temporary server here (UI on) and hand its
-    URL to every child through the environment. Yields the server, or None."""
+    With PREFECT_API_URL set, that server. Without it, the local lasting server (started in
+    the background on first use, `ensure_server`), so the run's history and UI outlive it and
+    a run pays no server start; with TUNELINE_SERVER=temporary, a temporary server for this
+    run only (UI on). Either way its URL goes to every child through the environment (else
+    Prefect would start a temporary server per process, and task runs in the process pool
+    would land on servers of their own). Yields the temporary server or the lasting one's
+    state, or None."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield None
         return
-    server = temporary_server_class()()
-    server.start(timeout=int(timeout_s or os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 300)))
-    os.environ["PREFECT_API_URL"] = server.api_url
-    logging.getLogger(__name__).info(
-        "Prefect UI of this run (a temporary server, gone when the run ends; `tuneline server` and "
-        "PREFECT_API_URL for a lasting one): %s", server.address)
+    timeout = float(timeout_s or os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 300))
+    if os.environ.get(SERVER_ENV) == "temporary":
+        server = temporary_server_class()()
+        server.start(timeout=int(timeout))
+        api_url, stop = server.api_url, server.stop
+        logging.getLogger(__name__).info(
+            "Prefect UI of this run (a temporary server, gone when the run ends; unset %s to keep a lasting "
+            "one): %s", SERVER_ENV, server.address)
+    else:
+        server = ensure_server(timeout)
+        api_url, stop = server["api_url"], lambda: None
+        logging.getLogger(__name__).info("Prefect UI: %s (a lasting local server; `tuneline server stop` stops it, "
+                                         "%s=temporary runs without it)", server["ui_url"], SERVER_ENV)
+    from prefect.context import refresh_global_settings_context
+
+    os.environ["PREFECT_API_URL"] = api_url
+    refresh_global_settings_context()  # threads without the run's context read the global one
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield server
     finally:
-        # Send what is queued while the server is still there, else each log and event
-        # batch retries against a closed port for a minute at exit.
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-
-        for worker in (APILogWorker, EventsWorker):
-            worker.drain_all(timeout=10)
+        _drain()
         os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+        refresh_global_settings_context()
+        stop()

@@ -64,6 +64,8 @@ def _figure(root: Path, run_id: str, name: str, caption: str) -> str:
 
 
 def _evaluation(store: ArtifactStore) -> str:
+    if not store.latest().get("evaluate"):
+        return ""  # and no import of tasks.evaluate (torch: seconds)
     from tasks.evaluate.report import Z, comparison_table
 
     table = comparison_table(str(store.root), store.latest_manifests("evaluate"))

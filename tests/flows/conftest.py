@@ -23,6 +23,9 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# A run without PREFECT_API_URL gets a temporary server, never the user's lasting local one
+# (tests/flows/test_local_server.py exercises that one in a PREFECT_HOME of its own).
+os.environ["TUNELINE_SERVER"] = "temporary"
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 TUNELINE = str(Path(sys.executable).with_name("tuneline"))
 
