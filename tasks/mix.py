@@ -241,7 +241,8 @@ def load_pool(store: ArtifactStore, validate_manifest: dict, count: TokenCounter
     """Read `records_valid` batch by batch, keeping only the key columns; token counts are
     `counts` (every row, in table order) when given, else `count` of each batch's messages."""
     ids, sources, tasks, tokens = [], [], [], []
-    progress = Progress("mix: reading the pool" if counts is not None else "mix: counting tokens")
+    total = sum(part["rows"] for part in validate_manifest.get("tables", {}).get("records_valid", []))
+    progress = Progress("mix: reading the pool" if counts is not None else "mix: counting tokens", total=total)
     cols = ["record_id", "source", "task"] + (["messages"] if counts is None else [])
     for batch in store.iter_batches(validate_manifest, "records_valid", columns=cols, batch_size=8192):
         ids.append(batch.column("record_id"))

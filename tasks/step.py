@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tasks.errors import TooManyRejects
+from tasks.progress import Progress
 from tasks.store import ArtifactStore, StepWriter, step_key
 
 log = logging.getLogger("tuneline")
+__all__ = ["Progress", "input_ref", "logger", "run_step", "top_reasons"]  # Progress: tasks/progress.py
 
 
 def logger():
@@ -109,26 +111,3 @@ def top_reasons(parts: list[Path], n: int = 3) -> str:
     counts = reasons.group_by("reason").aggregate([("reason", "count")]).sort_by([("reason_count", "descending"),
                                                                                  ("reason", "ascending")])
     return ", ".join(f"{r['reason']} {r['reason_count']:,}" for r in counts.slice(0, n).to_pylist())
-
-
-class Progress:
-    """Logs rows done and rows/s at most every `every_s` seconds, and once at the end."""
-
-    def __init__(self, what: str, every_s: float = 5.0):
-        self.what, self.every_s = what, every_s
-        self.t0 = self.last = time.perf_counter()
-        self.rows = 0
-
-    def add(self, n: int) -> None:
-        self.rows += n
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            self._log(now)
-
-    def done(self) -> None:
-        self._log(time.perf_counter())
-
-    def _log(self, now: float) -> None:
-        dt = max(now - self.t0, 1e-9)
-        logger().info(f"{self.what}: {self.rows:,} rows, {self.rows / dt:,.0f} rows/s")

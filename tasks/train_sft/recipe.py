@@ -40,6 +40,7 @@ import torch
 
 from tasks.config import Recipe, TrainConfig
 from tasks.errors import TunelineError
+from tasks.progress import Progress
 from tasks.train_sft import chat, packing
 from tasks.train_sft.model import ADAPTER_CONFIG, base_model, dtype_for, is_adapter, load_stage, weights_sha256
 
@@ -348,6 +349,8 @@ def train(st: Stage) -> None:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     kill_at = os.environ.get(KILL_ENV)
+    progress = Progress("training", total=st.total_steps - st.start_step, unit="steps", every_s=10, bar=False,
+                        emit=lambda line: print(line, flush=True)) if is_main() else None  # launch.py logs it
     for step in range(st.start_step, st.total_steps):
         t0 = time.perf_counter()
         bins = step_bins(st, step)
@@ -382,11 +385,14 @@ def train(st: Stage) -> None:
         if is_main():
             short = {k: v for k, v in row.items() if k not in ("example_ids", "positions")}
             print(LOG_PREFIX + json.dumps(short), flush=True)
+            progress.add(1)
         done = step + 1
         if done % st.train.checkpoint_every == 0 and done < st.total_steps:
             checkpoint(st, done)
         if kill_at is not None and done == int(kill_at):
             os.kill(os.getpid(), 9)  # test hook: a crash right after this step
+    if progress is not None:
+        progress.done()
 
 
 # -- phase 4: save ------------------------------------------------------------------
