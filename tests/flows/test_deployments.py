@@ -61,7 +61,7 @@ def test_server_holds_the_schedule_parameters_and_pool_of_the_file(deployed):
         assert dep.concurrency_options.collision_strategy == "ENQUEUE"
         # The pull step stays a template, resolved in the worker's environment at run time.
         assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory":
-                                   {"directory": "{{ $TUNELINE_HOME }}"}}]
+                                   {"directory": "{{ $TUNELINE_DATA }}"}}]
     refresh = _read_deployment(deployed, "tuneline-prepare/tuneline-data-refresh")
     assert [s.schedule.cron for s in refresh.schedules] == ["0 3 * * *"]
 
@@ -88,7 +88,7 @@ def test_worker_runs_the_data_refresh_deployment(deployed, demo_recipe, tmp_path
     out = tmp_path / "artifacts"
     worker = deployed.spawn(
         [PREFECT, "worker", "start", "--pool", "tuneline", "--name", "test-worker"], "worker",
-        TUNELINE_HOME=str(REPO), PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
+        TUNELINE_DATA=str(tmp_path), PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
         TUNELINE_WORKERS="2")
     try:
         dep = _read_deployment(deployed, "tuneline-prepare/tuneline-data-refresh")
