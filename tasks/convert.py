@@ -22,7 +22,7 @@ from tasks.schema import RECORDS, REJECTS
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
 
-VERSION = 3  # 3: sandbox bounds loops, call arguments and format widths; `choice`/`random` seeded per row
+VERSION = 4  # 4: MESSAGE extras (reasoning, tool calls, tool results), record `tools`; 3: sandbox bounds loops, call arguments and format widths; `choice`/`random` seeded per row
 BATCH_ROWS = max(4096, POOL_ROWS)
 
 

@@ -8,8 +8,25 @@ import hashlib
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+#: One call an assistant turn makes: `arguments` is a JSON text that parses to an object.
+TOOL_CALL = pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
+
+#: One turn. `role` is system, user, assistant or tool; `content` is always a string ("" for an
+#: assistant turn that only calls tools). `reasoning` (assistant): the reasoning trace, kept apart
+#: from the content (null when none). `tool_calls` (assistant): the calls it makes (null when
+#: none). `tool_call_id` / `name` (tool): the call the result answers and the tool's name.
+MESSAGE = pa.struct([
+    ("role", pa.string()),
+    ("content", pa.string()),
+    ("reasoning", pa.string()),
+    ("tool_calls", pa.list_(TOOL_CALL)),
+    ("tool_call_id", pa.string()),
+    ("name", pa.string()),
+])
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_EXTRAS = ("reasoning", "tool_calls", "tool_call_id", "name")
 
 #: Raw rows as a reader yields them, before conversion (`records_raw` view).
 RAW = pa.schema(
@@ -38,6 +55,7 @@ RECORDS = pa.schema(
         ("n_chars", pa.int64()),
         ("lang", pa.string()),
         ("meta", pa.string()),  # JSON object of extra native fields
+        ("tools", pa.string()),  # JSON array of the tool schemas offered (OpenAI function form); null: none
     ]
 )
 
@@ -59,14 +77,33 @@ REJECTS = pa.schema(
 RAW_PREFIX_CHARS = 200
 
 
-def record_id(source: str, messages: list[dict], template_id: str = "", example_id: str = "") -> str:
+def message(role: str, content: str, **extras) -> dict:
+    """One MESSAGE dict with every field present (absent extras are None)."""
+    return {"role": role, "content": content, **{k: extras.get(k) for k in MESSAGE_EXTRAS}}
+
+
+def _turn_key(m: dict) -> list:
+    """[role, content] plus the extras a turn carries (so plain turns hash as before)."""
+    extras = {k: m[k] for k in MESSAGE_EXTRAS if m.get(k) is not None}
+    return [m["role"], m["content"], extras] if extras else [m["role"], m["content"]]
+
+
+def record_id(source: str, messages: list[dict], template_id: str = "", example_id: str = "",
+              tools: str | None = None) -> str:
     """Stable content hash of a record: same content gives the same id on any machine."""
-    payload = json.dumps(
-        [source, template_id, example_id, [[m["role"], m["content"]] for m in messages]],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    parts = [source, template_id, example_id, [_turn_key(m) for m in messages]]
+    if tools is not None:
+        parts.append(tools)
+    payload = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+def turn_text(m: dict) -> str:
+    """Everything a turn says, as one text: reasoning, content, then each tool call as
+    `name(arguments)` on its own line (dedup and decontamination projections, lengths)."""
+    parts = [m.get("reasoning") or "", m.get("content") or ""]
+    parts += [f"{c['name']}({c['arguments']})" for c in m.get("tool_calls") or []]
+    return "\n".join(p for p in parts if p)
 
 
 def reject_row(
@@ -95,3 +132,31 @@ def reject_row(
         "related_id": related_id,
         "raw_prefix": None if raw is None else raw[:RAW_PREFIX_CHARS],
     }
+
+
+def turn_text_expr():
+    """Polars twin of `turn_text` over a frame of MESSAGE fields (one row per turn)."""
+    import polars as pl
+
+    calls = pl.col("tool_calls").list.eval(
+        pl.concat_str(pl.element().struct.field("name").fill_null(""), pl.lit("("),
+                      pl.element().struct.field("arguments").fill_null(""), pl.lit(")"))
+    ).list.join("\n")
+    parts = [pl.col("reasoning").replace("", None), pl.col("content").replace("", None), calls.replace("", None)]
+    return pl.concat_str(parts, separator="\n", ignore_nulls=True).fill_null("")
+
+
+def text_messages(messages: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`messages` as list<struct<role, content>> whose content is each turn's `turn_text`
+    (reasoning, content, `name(arguments)` per call); rows of the two-field schema pass
+    through unchanged."""
+    import polars as pl
+
+    messages = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
+    flat = messages.flatten()
+    if flat.type.get_field_index("tool_calls") < 0:
+        return messages
+    turns = pl.from_arrow(pa.table({"m": flat})).unnest("m").select("role", turn_text_expr().alias("content"))
+    struct = pa.StructArray.from_arrays([turns["role"].to_arrow().cast(pa.string()),
+                                         turns["content"].to_arrow().cast(pa.string())], names=["role", "content"])
+    return pa.ListArray.from_arrays(pc.subtract(messages.offsets, messages.offsets[0]), struct)

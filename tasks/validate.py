@@ -76,11 +76,11 @@ from tasks.answers import choice_index
 from tasks.config import Recipe, ValidateConfig
 from tasks.errors import GateFailed, RecipeError
 from tasks.langid import languages_later
-from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS
+from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS, turn_text_expr
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
 
-STEP, VERSION = "validate", 3  # 3: tasks.answers choice check, item words, held-out prompts without exemplars; 2: template n-grams, reasoned targets
+STEP, VERSION = "validate", 4  # 4: tool turns, tool-call checks, the `tools` column; 3: tasks.answers choice check, item words, held-out prompts without exemplars; 2: template n-grams, reasoned targets
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONTAMINATED = "contaminated"
 SAMPLE_IDS = 5
@@ -89,8 +89,9 @@ EXAMPLES_PER_REASON = 3  # per source, task and reject reason in the report
 ROW_COLUMNS = {
     "record_id": "record id",
     "source": "source name",
-    "roles": "one letter per turn: s(ystem) u(ser) a(ssistant) x(other)",
-    "shortest_ua_chars": "shortest user/assistant turn, characters after stripping whitespace",
+    "roles": "one letter per turn: s(ystem) u(ser) a(ssistant) t(ool) x(other)",
+    "shortest_ua_chars": "shortest user/assistant turn, characters after stripping whitespace (an assistant "
+                         "turn's tool calls and reasoning count)",
     "shortest_turn_chars": "shortest turn, characters",
     "longest_turn_chars": "longest turn, characters",
     "conversation_chars": "all turns, characters",
@@ -101,6 +102,10 @@ ROW_COLUMNS = {
                          "(tasks.answers); null without choices",
     "banned_phrase": "the first banned phrase found in an assistant turn, else null",
     "lang": "language of the first user turn (ISO 639-1, `und` when too short)",
+    "bad_tool_arguments": "the first tool call whose arguments are not a JSON object, else null",
+    "unoffered_tool": "the first tool called that the record's `tools` do not offer, else null",
+    "orphan_tool_result": "the first tool turn that answers no call made before it, else null",
+    "unanswered_call": "the first tool call without a result before the next user turn, else null",
 }
 SOURCE_COLUMNS = ["source", "rows_in", "rows_rejected", "rows_contaminated", "rows_valid", "reject_share"]
 LEVEL_COLUMNS = {"row": list(ROW_COLUMNS), "table": RECORDS.names, "source": SOURCE_COLUMNS}
@@ -290,7 +295,7 @@ def _skip_reason(e: Expectation, params: dict, have_tokenizer: bool) -> str | No
 # -- row features (vectorised) -----------------------------------------------------------
 _LEFTOVER = r"\{\{[^{}\n]{0,100}\}\}|\{%[^%\n]{0,100}%\}|\|\|\||(?:^|[^\w\\}^_$'\"{])\{[A-Za-z_][A-Za-z0-9_]*\}"
 _CODE = r"(?s)```.*?```|`[^`\n]*`"
-_ROLE_CODE = {"system": "s", "user": "u", "assistant": "a"}
+_ROLE_CODE = {"system": "s", "user": "u", "assistant": "a", "tool": "t"}
 
 
 def _phrase_regex(phrase: str) -> str:
@@ -335,9 +340,10 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, user: list[str | None], 
         .unnest("messages")
         .filter(pl.col("role").is_not_null() | pl.col("content").is_not_null())
         .with_columns(pl.col("content").fill_null(""))
+        .with_columns(turn_text_expr().alias("text"))
     )
     if tokenizer is not None and turns.height:
-        ids = tokenizer(turns["content"].to_list(), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(turns["text"].to_list(), add_special_tokens=False)["input_ids"]
         turns = turns.with_columns(pl.Series("tokens", [len(x) for x in ids], dtype=pl.Int64))
     else:
         turns = turns.with_columns(pl.lit(None, dtype=pl.Int64).alias("tokens"))
@@ -345,7 +351,7 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, user: list[str | None], 
     is_ua = pl.col("role").is_in(["user", "assistant"])
     agg = turns.with_columns(
         pl.col("role").replace_strict(_ROLE_CODE, default="x").alias("code"),
-        pl.col("content").str.len_chars().alias("chars"),
+        pl.col("text").str.len_chars().alias("chars"),
         pl.col("content").str.replace_all(_CODE, " ").str.extract(_LEFTOVER, 0).str.strip_chars().alias("leftover"),
         (
             pl.when(pl.col("role") == "assistant").then(pl.col("content").str.to_lowercase().str.extract(banned, 1))
@@ -353,7 +359,7 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, user: list[str | None], 
         ).alias("banned"),
     ).group_by("i").agg(
         pl.col("code").str.join("").alias("roles"),
-        pl.col("content").filter(is_ua).str.strip_chars().str.len_chars().min().alias("shortest_ua_chars"),
+        pl.col("text").filter(is_ua).str.strip_chars().str.len_chars().min().alias("shortest_ua_chars"),
         pl.col("chars").min().alias("shortest_turn_chars"),
         pl.col("chars").max().alias("longest_turn_chars"),
         pl.col("chars").sum().alias("conversation_chars"),
@@ -374,8 +380,80 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, user: list[str | None], 
                   dtype=pl.Boolean),
         pl.Series("lang", lang, dtype=pl.String) if lang is not None else df["lang"],
         pl.Series("_user", user, dtype=pl.String),
+        *tool_checks(df),
     )
     return out.select(list(ROW_COLUMNS) + ["_user"])
+
+
+TOOL_CHECKS = ("bad_tool_arguments", "unoffered_tool", "orphan_tool_result", "unanswered_call")
+
+
+def tool_checks(df: pl.DataFrame) -> list[pl.Series]:
+    """The TOOL_CHECKS columns; only rows with a tool call or tool turn are walked in Python."""
+    has = df.select(pl.col("messages").list.eval(
+        (pl.element().struct.field("role") == "tool") | pl.element().struct.field("tool_calls").list.len().gt(0)
+    ).list.any().fill_null(False))["messages"].to_list()
+    tools = df["tools"].to_list() if "tools" in df.columns else [None] * df.height
+    cols: dict[str, list] = {k: [None] * df.height for k in TOOL_CHECKS}
+    for i in (i for i, h in enumerate(has) if h):
+        found = tool_problems(df["messages"][i].to_list(), tools[i])
+        for k in TOOL_CHECKS:
+            cols[k][i] = found.get(k)
+    return [pl.Series(k, v, dtype=pl.String) for k, v in cols.items()]
+
+
+def _offered(tools: str | None) -> set[str]:
+    out = set()
+    for t in json.loads(tools) if tools else []:
+        fn = t.get("function", t) if isinstance(t, dict) else {}
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            out.add(fn["name"])
+    return out
+
+
+def _arguments_problem(arguments: str | None) -> bool:
+    try:
+        return not isinstance(json.loads(arguments or ""), dict)
+    except ValueError:
+        return True
+
+
+def tool_problems(messages: list[dict], tools: str | None) -> dict[str, str]:
+    """The first problem of each TOOL_CHECKS kind in one conversation, described."""
+    found: dict[str, str] = {}
+    offered, pending = _offered(tools), []  # pending: [(turn, call id, name)] not yet answered
+
+    def note(kind: str, text: str) -> None:
+        found.setdefault(kind, text)
+
+    for turn, m in enumerate(messages):
+        if m["role"] == "user" and pending:
+            note("unanswered_call", f"turn {pending[0][0]}: call {pending[0][2]!r} has no result")
+        if m["role"] in ("user", "system"):
+            pending = []
+        for c in m.get("tool_calls") or []:
+            if _arguments_problem(c["arguments"]):
+                note("bad_tool_arguments", f"turn {turn}: {c['name']}({(c['arguments'] or '')[:80]})")
+            if c["name"] not in offered:
+                note("unoffered_tool", f"turn {turn}: {c['name']!r} is not among {sorted(offered)}")
+            pending.append((turn, c.get("id"), c["name"]))
+        if m["role"] == "tool":
+            k = _answered(pending, m.get("tool_call_id"), m.get("name"))
+            if k is None:
+                note("orphan_tool_result", f"turn {turn}: no call for id {m.get('tool_call_id')!r} / {m.get('name')!r}")
+            else:
+                pending.pop(k)
+    return found
+
+
+def _answered(pending: list[tuple], call_id: str | None, name: str | None) -> int | None:
+    """Index of the pending call a tool result answers: by id, else by name; a result naming
+    neither answers the oldest call."""
+    for key, pos in ((call_id, 1), (name, 2)):
+        k = next((k for k, p in enumerate(pending) if key is not None and p[pos] == key), None)
+        if k is not None:
+            return k
+    return 0 if pending and call_id is None and name is None else None
 
 
 def targets_in_choices(targets: list[str | None], choices: list[list[str] | None]) -> list[bool | None]:

@@ -29,12 +29,24 @@ def S(text):
     return {"role": "system", "content": text}
 
 
-def rec(messages, source="src", choices=(), i=0, rid=None):
+def T(text, call_id=None, name=None):
+    return {"role": "tool", "content": text, "tool_call_id": call_id, "name": name}
+
+
+def CALL(name, arguments='{"city": "Oslo"}', call_id="c1", text=""):
+    return {"role": "assistant", "content": text, "tool_calls": [{"id": call_id, "name": name, "arguments": arguments}]}
+
+
+WEATHER = json.dumps([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}])
+ASK = U("What is the weather in Oslo today, please?")
+
+
+def rec(messages, source="src", choices=(), i=0, rid=None, tools=None):
     return {
         "record_id": rid or record_id(source, messages, example_id=str(i)), "source": source, "task": "t",
         "template_id": "", "example_id": str(i), "messages": messages, "answer_choices": list(choices),
         "origin_file": f"{source}.jsonl", "origin_row": i + 1, "n_turns": len(messages), "n_chars": 0,
-        "lang": None, "meta": "{}",
+        "lang": None, "meta": "{}", "tools": tools,
     }
 
 
@@ -78,6 +90,26 @@ BAD = {
     "banned": ([U("Who are you, tell me about yourself?"), A("As an AI Language Model, I have no name.")], (),
                "no_banned_phrases"),
 }
+#: (a tool-use row, its tools, the expectation that must reject it)
+TOOL_BAD = {
+    "bad_arguments": ([ASK, CALL("weather", "print('Oslo')"), T("rain"), A("It rains.")], WEATHER, "tool_arguments_parse"),
+    "arguments_not_object": ([ASK, CALL("weather", '"Oslo"'), T("rain"), A("It rains.")], WEATHER,
+                             "tool_arguments_parse"),
+    "unoffered": ([ASK, CALL("forecast"), T("rain", "c1"), A("It rains.")], WEATHER, "tool_offered"),
+    "no_tools_at_all": ([ASK, CALL("weather"), T("rain", "c1"), A("It rains.")], None, "tool_offered"),
+    "orphan_result": ([ASK, CALL("weather"), T("rain", "c9"), A("It rains.")], WEATHER, "tool_result_has_call"),
+    "result_without_any_call": ([ASK, A("Let me see."), T("rain"), A("It rains.")], WEATHER, "tool_result_has_call"),
+    "unanswered": ([ASK, CALL("weather"), U("Never mind: is it cold there too?"), A("Maybe.")], WEATHER,
+                   "tool_call_answered"),
+}
+TOOL_FINE = {
+    "call_result_answer": ([S("You help."), ASK, CALL("weather"), T("rain", "c1", "weather"), A("It rains.")], WEATHER),
+    "ends_on_the_call": ([ASK, CALL("weather")], WEATHER),
+    "result_by_name_without_ids": ([ASK, CALL("weather", call_id=None), T("rain", name="weather"), A("It rains.")],
+                                   WEATHER),
+    "two_calls_in_a_row": ([ASK, CALL("weather"), T("rain", "c1"), CALL("weather", call_id="c2"), T("wind", "c2"),
+                            A("Rain and wind.")], WEATHER),
+}
 #: rows that look suspicious but must pass
 FINE = {
     "system_first": [S("You are terse."), U("What is two plus two, exactly?"), A("Four.")],
@@ -103,6 +135,10 @@ def mixed_run(tmp_path_factory):
         r = rec(msgs, choices=("yes", "no") if name in ("target_choice", "reasoned_choice") else (), i=2000 + i)
         ids[name] = r["record_id"]
         rows.append(r)
+    for i, (name, (msgs, tools, *_)) in enumerate({**TOOL_BAD, **TOOL_FINE}.items()):
+        r = rec(msgs, i=3000 + i, tools=tools)
+        ids[name] = r["record_id"]
+        rows.append(r)
     m = split_manifest(store, rows)
     out = validate(str(store.root), recipe(tmp, max_turn_chars=300), m)
     return store, out, ids, len(rows)
@@ -120,6 +156,23 @@ def test_row_level_expectation_rejects_with_its_name(mixed_run, name):
     assert BAD[name][2] in r["detail"]
 
 
+@pytest.mark.parametrize("name", sorted(TOOL_BAD))
+def test_tool_use_problems_are_rejected_with_their_own_reason(mixed_run, name):
+    store, out, ids, _ = mixed_run
+    by_id = {r["record_id"]: r for r in store.read(out, "rejects").to_pylist()}
+    assert ids[name] in by_id, f"{name} was not rejected"
+    assert by_id[ids[name]]["reason"] == TOOL_BAD[name][2]
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_FINE))
+def test_well_formed_tool_use_passes(mixed_run, name):
+    store, out, ids, _ = mixed_run
+    valid = store.read(out, "records_valid", columns=["record_id", "messages", "tools"]).to_pylist()
+    kept = {r["record_id"]: r for r in valid}
+    assert ids[name] in kept
+    assert kept[ids[name]]["tools"] == WEATHER  # the offered tools travel with the record
+
+
 @pytest.mark.parametrize("name", sorted(FINE))
 def test_suspicious_but_fine_rows_pass(mixed_run, name):
     store, out, ids, _ = mixed_run
@@ -131,7 +184,7 @@ def test_counts_lang_reports_and_gate_pass(mixed_run):
     store, out, ids, n = mixed_run
     s = out["stats"]
     assert s["rows_in"] == n == s["rows_out"] + s["rows_rejected"]
-    assert s["rows_rejected"] == len(BAD)
+    assert s["rows_rejected"] == len(BAD) + len(TOOL_BAD)
     assert s["gate_passed"] is True and s["gate_failures"] == []
     gate(out)  # does not raise
     valid = store.read(out, "records_valid")

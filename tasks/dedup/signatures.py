@@ -5,6 +5,11 @@ order, same count) and holds everything the `dedup` step needs, so that it never
 records: ids and keep-rule columns, the exact key, the signature and band keys, each
 record's shingle hashes (exact verification of candidate pairs) and, of its text, only the
 `RAW_PREFIX_CHARS` prefix a reject shows.
+
+A turn's text is `tasks.schema.turn_text`: its reasoning, content and each tool call as
+`name(arguments)`. So the projections cover: `prompt` the user turns; `response` the
+assistant turns with their reasoning and tool calls; `conversation` every turn, system
+and tool results included.
 """
 from __future__ import annotations
 
@@ -14,12 +19,12 @@ import pyarrow.compute as pc
 
 from tasks.config import DedupConfig, Recipe
 from tasks.dedup import minhash as mh
-from tasks.schema import RAW_PREFIX_CHARS
+from tasks.schema import RAW_PREFIX_CHARS, text_messages
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
 
 STEP = "dedup-signatures"
-VERSION = 3  # 3: shingle hashes, origin and reject prefix kept (dedup reads no records)
+VERSION = 4  # 4: a turn's text includes its reasoning and tool calls; 3: shingle hashes, origin and reject prefix kept (dedup reads no records)
 TABLE = "dedup_signatures"
 READ_COLUMNS = ["record_id", "source", "example_id", "template_id", "messages", "n_turns", "n_chars",
                 "origin_file", "origin_row"]
@@ -65,10 +70,10 @@ def signature_config(cfg: DedupConfig) -> dict:
 def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int) -> pa.RecordBatch:
     """Signature rows of one batch of records (vectorised over the batch)."""
     n = batch.num_rows
-    conversation = mh.project_arrow(batch.column("messages"), "conversation")
+    messages = text_messages(batch.column("messages"))  # reasoning and tool calls are part of a turn's text
+    conversation = mh.project_arrow(messages, "conversation")
     if cfg.enabled:
-        projected = conversation if cfg.projection == "conversation" else mh.project_arrow(
-            batch.column("messages"), cfg.projection)
+        projected = conversation if cfg.projection == "conversation" else mh.project_arrow(messages, cfg.projection)
         texts = mh.normalise_texts(projected, cfg.shingle)
         keys, units = texts.exact_keys(), texts.units()
         hashes, counts, sig, bkeys = mh.sketch(texts, cfg.shingle_size, cfg.num_perm, cfg.seed, bands, rows)

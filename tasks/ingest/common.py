@@ -406,12 +406,17 @@ def make_record(
     answer_choices: list[str] | None = None,
     meta: dict | None = None,
     lang: str | None = None,
+    tools: list[dict] | None = None,
 ) -> dict:
-    """One `records` row (tasks.schema.RECORDS) with its stable id and derived counts."""
-    from tasks.schema import record_id
+    """One `records` row (tasks.schema.RECORDS) with its stable id and derived counts.
 
+    A message holds `role`, `content` and only the MESSAGE extras it has (Arrow writes the
+    absent ones as null). `tools` (the schemas offered) is stored as canonical JSON, None when empty."""
+    from tasks.schema import record_id, turn_text
+
+    tools_json = canonical_json(tools) if tools else None
     return {
-        "record_id": record_id(source, messages, template_id, example_id),
+        "record_id": record_id(source, messages, template_id, example_id, tools_json),
         "source": source,
         "task": task,
         "template_id": template_id,
@@ -421,9 +426,10 @@ def make_record(
         "origin_file": origin_file,
         "origin_row": origin_row,
         "n_turns": len(messages),
-        "n_chars": sum(len(m["content"]) for m in messages),
+        "n_chars": sum(len(turn_text(m)) for m in messages),
         "lang": lang,
         "meta": canonical_json(meta or {}),
+        "tools": tools_json,
     }
 
 

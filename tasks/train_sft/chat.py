@@ -13,12 +13,29 @@ Where the trained spans come from:
   fails loudly instead of guessing.
 
 A token is trained when its first character lies inside a trained character span.
+
+Tool calls, tool results and reasoning traces (tasks.schema.MESSAGE):
+- `reasoning` first goes through the recipe's `train.reasoning` (REASONING): `keep` every
+  trace, `drop` them all, `last_turn` keep only the last assistant turn's.
+- A template that handles `tool_calls` gets the record's `tools` through
+  `apply_chat_template(..., tools=...)` and the turns in transformers' form (an assistant's
+  `tool_calls` as `{"type": "function", "function": {"name", "arguments": <object>}}`, a tool
+  turn's `tool_call_id` / `name`, the trace as `reasoning_content` when the template reads it).
+- Any other template (the tiny tokenizer's ChatML) gets Tuneline's rendering (`flatten`):
+  the offered tools are appended to the system turn (one is added when there is none) as
+  `<tools>` + one JSON schema per line + `</tools>`; an assistant turn's content becomes
+  `<think>\n{reasoning}\n</think>\n\n{content}` followed, per call, by
+  `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` on its own lines; a tool turn
+  keeps role `tool` with its content. A reasoning trace reaches a template that reads no
+  `reasoning_content` the same `<think>` way.
+Either way the trained spans are the assistant turns (content, kept reasoning and tool calls);
+tool results, system and user turns are never trained.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-
 import re
 from dataclasses import dataclass
 
@@ -47,16 +64,110 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def _plain(messages) -> list[dict]:
-    """Messages as plain {role, content} dicts (Arrow rows may carry extra keys or None)."""
-    return [{"role": m["role"], "content": m["content"] if m["content"] is not None else ""} for m in messages]
+REASONING = ("keep", "drop", "last_turn")
 
 
-def render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
+def apply_reasoning(messages, policy: str = "keep") -> list[dict]:
+    """The messages with reasoning traces kept, dropped, or kept on the last assistant turn only."""
+    if policy not in REASONING:
+        raise ValueError(f"reasoning must be one of {REASONING}, not {policy!r}")
+    msgs = [dict(m) for m in messages]
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=-1)
+    for i, m in enumerate(msgs):
+        if policy == "drop" or (policy == "last_turn" and i != last):
+            m["reasoning"] = None
+    return msgs
+
+
+def _arguments(text: str | None):
+    """A call's arguments as the object templates expect (the text itself when it is not JSON)."""
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return text
+
+
+def _think(reasoning: str | None, content: str) -> str:
+    return f"<think>\n{reasoning}\n</think>\n\n{content}" if reasoning else content
+
+
+def _call_text(call: dict) -> str:
+    body = json.dumps({"name": call["name"], "arguments": _arguments(call["arguments"])}, ensure_ascii=False)
+    return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def flat_content(m: dict) -> str:
+    """Tuneline's rendering of one turn's content (module docstring)."""
+    if m["role"] != "assistant":
+        return m.get("content") or ""
+    text = _think(m.get("reasoning"), m.get("content") or "")
+    calls = [_call_text(c) for c in m.get("tool_calls") or []]
+    return "\n".join(([text] if text else []) + calls)
+
+
+def tools_block(tools: list[dict]) -> str:
+    return "<tools>\n" + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools) + "\n</tools>"
+
+
+def flatten(messages, tools: list[dict] | None = None) -> list[dict]:
+    """Plain {role, content} turns in Tuneline's rendering of tools, calls and reasoning."""
+    msgs = [{"role": m["role"], "content": flat_content(m)} for m in messages]
+    if tools:
+        if msgs and msgs[0]["role"] == "system":
+            msgs[0]["content"] = f"{msgs[0]['content']}\n\n{tools_block(tools)}"
+        else:
+            msgs.insert(0, {"role": "system", "content": tools_block(tools)})
+    return msgs
+
+
+def _hf_message(m: dict, reads_reasoning: bool) -> dict:
+    """One turn in transformers' chat form (for templates that handle tool calls)."""
+    content = m.get("content") or ""
+    out = {"role": m["role"], "content": content if reads_reasoning else _think(m.get("reasoning"), content)}
+    if reads_reasoning and m.get("reasoning"):
+        out["reasoning_content"] = m["reasoning"]
+    if m.get("tool_calls"):
+        out["tool_calls"] = [{"id": c.get("id"), "type": "function",
+                              "function": {"name": c["name"], "arguments": _arguments(c["arguments"])}}
+                             for c in m["tool_calls"]]
+    for k in ("tool_call_id", "name"):
+        if m.get(k) is not None:
+            out[k] = m[k]
+    return out
+
+
+def supports_tools(tokenizer) -> bool:
+    """Whether the chat template renders `tool_calls` itself (else Tuneline's rendering is used)."""
+    return "tool_calls" in (getattr(tokenizer, "chat_template", None) or "")
+
+
+def parse_tools(tools) -> list[dict] | None:
+    """A record's `tools` (JSON text, a list or None) as a list of schemas, None when empty."""
+    if isinstance(tools, str):
+        tools = json.loads(tools)
+    return list(tools) if tools else None
+
+
+def prepare(tokenizer, messages, tools=None, reasoning: str = "keep") -> tuple[list[dict], list[dict] | None]:
+    """(messages, tools) as the tokenizer's chat template is given them."""
+    msgs, tools = apply_reasoning(messages, reasoning), parse_tools(tools)
+    if supports_tools(tokenizer):
+        reads = "reasoning_content" in tokenizer.chat_template
+        return [_hf_message(m, reads) for m in msgs], tools
+    return flatten(msgs, tools), None
+
+
+def render(tokenizer, messages, add_generation_prompt: bool = False, tools=None, reasoning: str = "keep") -> str:
     """The conversation as the text the model sees (chat template, no tokenisation)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
-    return tokenizer.apply_chat_template(_plain(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    msgs, tools = prepare(tokenizer, messages, tools, reasoning)
+    return _apply(tokenizer, msgs, tools, add_generation_prompt)
+
+
+def _apply(tokenizer, msgs: list[dict], tools, add_generation_prompt: bool = False) -> str:
+    kwargs = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
 
 
 def _chatml(messages) -> str:
@@ -64,43 +175,48 @@ def _chatml(messages) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content'] or ''}<|im_end|>\n" for m in messages)
 
 
-def render_batch(tokenizer, batch_of_messages) -> list[str]:
-    """Rendered texts of many conversations (no generation prompt)."""
+def render_batch(tokenizer, batch_of_messages, tools=None, reasoning: str = "keep") -> list[str]:
+    """Rendered texts of many conversations (no generation prompt); `tools`: one entry per conversation."""
     from tasks.train_sft.tokenizer import CHATML_TEMPLATE
 
     if not batch_of_messages:
         return []
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
+    tools = tools if tools is not None else [None] * len(batch_of_messages)
+    prepared = [prepare(tokenizer, m, t, reasoning) for m, t in zip(batch_of_messages, tools)]
     if tokenizer.chat_template == CHATML_TEMPLATE:
-        return [_chatml(m) for m in batch_of_messages]
-    return tokenizer.apply_chat_template([_plain(m) for m in batch_of_messages], tokenize=False)
+        return [_chatml(m) for m, _ in prepared]
+    if not any(t for _, t in prepared):
+        return tokenizer.apply_chat_template([m for m, _ in prepared], tokenize=False)
+    return [_apply(tokenizer, m, t) for m, t in prepared]
 
 
 def has_generation_blocks(tokenizer) -> bool:
     return bool(_GENERATION.search(tokenizer.chat_template or ""))
 
 
-def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(tokenizer, messages, tools=None, reasoning: str = "keep") -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the [start, end) character spans that are trained."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    msgs = _plain(messages)
+    msgs, tools = prepare(tokenizer, messages, tools, reasoning)
     if has_generation_blocks(tokenizer):
         texts, indices = render_jinja_template(
             conversations=[msgs],
+            tools=tools,
             chat_template=tokenizer.chat_template,
             return_assistant_tokens_mask=True,
             **tokenizer.special_tokens_map,
         )
         return texts[0], [tuple(s) for s in indices[0]]
-    text = render(tokenizer, msgs)
+    text = _apply(tokenizer, msgs, tools)
     spans = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        before = render(tokenizer, msgs[:i], add_generation_prompt=True) if i else ""
-        upto = render(tokenizer, msgs[: i + 1])
+        before = _apply(tokenizer, msgs[:i], tools, add_generation_prompt=True) if i else ""
+        upto = _apply(tokenizer, msgs[: i + 1], tools)
         if not upto.startswith(before) or not text.startswith(upto):
             raise ChatTemplateError(
                 f"chat template of {tokenizer.name_or_path!r} does not render a prefix of the conversation as a "
@@ -112,11 +228,12 @@ def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]
     return text, spans
 
 
-def encode(tokenizer, messages, max_seq_len: int | None, truncation: str = "truncate") -> Encoded:
+def encode(tokenizer, messages, max_seq_len: int | None, truncation: str = "truncate", tools=None,
+           reasoning: str = "keep") -> Encoded:
     """Token ids and labels (-100 outside assistant turns) of one conversation."""
     if truncation not in ("truncate", "drop"):
         raise ValueError(f"truncation must be 'truncate' or 'drop', not {truncation!r}")
-    text, spans = assistant_char_spans(tokenizer, messages)
+    text, spans = assistant_char_spans(tokenizer, messages, tools, reasoning)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [IGNORE] * len(ids)
@@ -134,7 +251,7 @@ def encode(tokenizer, messages, max_seq_len: int | None, truncation: str = "trun
     return Encoded(ids, labels, truncated=False, total_tokens=total)
 
 
-def count_tokens(tokenizer, batch_of_messages, batch_size: int = 4096) -> list[int]:
+def count_tokens(tokenizer, batch_of_messages, batch_size: int = 4096, tools=None, reasoning: str = "keep") -> list[int]:
     """Token count of each conversation as `encode` would give it without truncation.
 
     Renders and tokenises in batches (the Rust tokenizer encodes a batch at once).
@@ -143,7 +260,8 @@ def count_tokens(tokenizer, batch_of_messages, batch_size: int = 4096) -> list[i
     out: list[int] = []
     with tokenizer_threads():
         for i in range(0, len(batch_of_messages), batch_size):
-            texts = render_batch(tokenizer, batch_of_messages[i : i + batch_size])
+            texts = render_batch(tokenizer, batch_of_messages[i : i + batch_size],
+                                 None if tools is None else tools[i : i + batch_size], reasoning)
             if backend is not None:
                 out.extend(len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False))
             else:
@@ -183,17 +301,47 @@ def trained_spans(ids: list[int], labels: list[int]) -> list[list[int]]:
     return runs
 
 
-def check_trained_text(tokenizer, messages, enc: Encoded) -> str | None:
-    """None when the decoded trained spans equal the assistant turns' text, else what differs.
+def check_trained_text(tokenizer, messages, enc: Encoded, reasoning: str = "keep") -> str | None:
+    """None when the decoded trained spans are the assistant turns' text, else what differs.
 
-    Each span decodes (special tokens skipped) to one assistant turn's content; a
-    truncated conversation may end in a prefix of its last trained turn.
+    Each span decodes (special tokens skipped) to one assistant turn as trained: in Tuneline's
+    rendering its `flat_content` after the reasoning policy, compared exactly; a template that
+    renders tool calls itself must show each turn's content and kept reasoning inside its span.
+    A reasoning trace the policy drops must appear in no trained span. A truncated
+    conversation may end in a prefix of its last trained turn.
     """
-    expected = [(m["content"] or "").strip() for m in messages if m["role"] == "assistant"]
+    msgs = [m for m in apply_reasoning(messages, reasoning) if m["role"] == "assistant"]
     got = [tokenizer.decode(s, skip_special_tokens=True).strip() for s in trained_spans(enc.input_ids, enc.labels)]
-    expected = [e for e in expected if e]  # an empty assistant turn trains only its end-of-turn token
     got_text = [g for g in got if g]
-    if enc.truncated:
+    leaked = _dropped_reasoning_trained(messages, msgs, got_text)
+    if leaked:
+        return leaked
+    if supports_tools(tokenizer):
+        return _check_contained(msgs, got_text, enc.truncated)
+    expected = [e for e in (flat_content(m).strip() for m in msgs) if e]  # an empty turn trains only its end token
+    return _check_equal(expected, got_text, enc.truncated)
+
+
+def _dropped_reasoning_trained(messages, kept: list[dict], got_text: list[str]) -> str | None:
+    kept_traces = {(m.get("reasoning") or "").strip() for m in kept}
+    for m in messages:
+        trace = (m.get("reasoning") or "").strip() if m["role"] == "assistant" else ""
+        if trace and trace not in kept_traces and any(trace in g for g in got_text):
+            return f"a dropped reasoning trace is trained: {trace[:80]!r}"
+    return None
+
+
+def _check_contained(msgs: list[dict], got_text: list[str], truncated: bool) -> str | None:
+    for i, (m, g) in enumerate(zip(msgs, got_text)):
+        last = truncated and i == len(got_text) - 1
+        for part in ((m.get("content") or "").strip(), (m.get("reasoning") or "").strip()):
+            if part and part not in g and not last:
+                return f"assistant turn {i + 1}: {part[:80]!r} is not in the trained text {g[:80]!r}"
+    return None
+
+
+def _check_equal(expected: list[str], got_text: list[str], truncated: bool) -> str | None:
+    if truncated:
         if len(got_text) > len(expected):
             return f"{len(got_text)} trained spans for {len(expected)} assistant turns"
         for i, g in enumerate(got_text):
