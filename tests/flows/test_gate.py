@@ -42,7 +42,9 @@ def test_failing_dataset_expectation_stops_the_flow_before_mix(prefect_server, t
         top = client.read_flow_run(state.state_details.flow_run_id)
         flow_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter())
     assert top.state.is_failed()
-    names = {fr.name: fr for fr in flow_runs if fr.name.endswith(str(tmp_path / "data" / "recipe.yaml"))}
+    run_id = top.name.split()[-1]  # flow runs are named '<flow> <recipe name> <Tuneline run id>'
+    assert top.name == f"pipeline data {run_id}"
+    names = {fr.name: fr for fr in flow_runs if fr.name.endswith(run_id)}
     prepare = next(fr for n, fr in names.items() if n.startswith("prepare "))
     assert prepare.state.is_failed()
     assert not any(n.startswith(("train ", "evaluate ")) for n in names), sorted(names)  # never started
