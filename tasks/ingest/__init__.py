@@ -1,7 +1,7 @@
 """Source-format readers, selected by name from `READERS` (recipes never name import paths).
 
 A reader module defines one or more `Reader` subclasses and registers them with
-`@register`. Registered names: `dolly`, `sharegpt`, `flan` (FLAN collection records;
+`@register`. Registered names: `dolly`, `sharegpt`, `openai`, `alpaca`, `flan` (FLAN collection records;
 a `.tsv` path is read as FLAN CoT), `flan_cot`, `p3` (P3 records; with `templates:` it
 behaves as `promptsource`) and `promptsource`.
 
@@ -50,16 +50,26 @@ class Reader:
 
     #: Keys a source's `options:` may hold for this reader.
     options_allowed: ClassVar[frozenset] = frozenset({"layout"})
+    #: Row and turn field names the `columns` option may map (readers of the JSON family);
+    #: `roles`: the role names `columns.roles` may map onto.
+    fields: ClassVar[frozenset] = frozenset()
+    turn_fields: ClassVar[frozenset] = frozenset()
+    roles: ClassVar[frozenset] = frozenset()
 
     @classmethod
     def check_source(cls, recipe, source) -> None:
         """Recipe-time checks (options, template files); raise RecipeError. Reads no data rows."""
         from tasks.errors import RecipeError
 
-        unknown = set(source.options) - cls.options_allowed
+        allowed = cls.options_allowed | ({"columns"} if cls.fields else set())
+        unknown = set(source.options) - allowed
         if unknown:
             raise RecipeError(f"source {source.name!r}: unknown options {sorted(unknown)} for format "
-                              f"{source.format!r}; allowed: {sorted(cls.options_allowed)}")
+                              f"{source.format!r}; allowed: {sorted(allowed)}")
+        if "columns" in source.options:
+            from tasks.ingest.common import check_columns
+
+            check_columns(source, cls.fields, cls.turn_fields, cls.roles)
         layout = source.options.get("layout")
         if layout is not None and layout not in ("jsonl", "json", "csv", "parquet", "duckdb"):
             raise RecipeError(f"source {source.name!r}: options.layout must be one of jsonl, json, csv, parquet, "
@@ -68,6 +78,13 @@ class Reader:
     @classmethod
     def read(cls, recipe, source, file: str) -> Iterator[tuple]:
         raise NotImplementedError
+
+    @classmethod
+    def columns(cls, source):
+        """The source's `columns` mapping (tasks.ingest.common.Columns)."""
+        from tasks.ingest.common import Columns
+
+        return Columns(source.options.get("columns"), cls.turn_fields)
 
     @classmethod
     def exemplar_pool(cls, recipe, source, file: str, rows: list[tuple]):
@@ -85,7 +102,7 @@ class Reader:
 
 def _load_all() -> None:
     # Import the reader modules so that they register themselves.
-    from tasks.ingest import dolly, flan, p3, sharegpt  # noqa: F401
+    from tasks.ingest import alpaca, dolly, flan, openai, p3, sharegpt  # noqa: F401
 
 
 try:

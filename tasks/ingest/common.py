@@ -393,6 +393,77 @@ def split_options(text: str) -> tuple[str, list[str]]:
     return stem, [o for o in opts if o]
 
 
+# -- field mapping (`columns` option) ------------------------------------------------------
+def lookup(obj, path: str):
+    """(True, value) of `path` in `obj`: the key itself, else a dotted path into nested objects."""
+    if isinstance(obj, dict) and path in obj:
+        return True, obj[path]
+    cur = obj
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return False, None
+        cur = cur[part]
+    return True, cur
+
+
+class Columns:
+    """A source's `columns` option (LLaMA-Factory's `dataset_info.json` columns and tags):
+    the reader's field name -> the dataset's (a dotted path reaches into nested objects), and
+    `roles`: the dataset's role name -> the reader's. `row` / `turn` give a native object with
+    the reader's names (a mapped field the object lacks is missing); unmapped keys stay."""
+
+    def __init__(self, spec: dict | None, turn_fields: frozenset = frozenset()):
+        spec = dict(spec or {})
+        self.roles: dict = dict(spec.pop("roles", None) or {})
+        self.row_map = {k: v for k, v in spec.items() if k not in turn_fields}
+        self.turn_map = {k: v for k, v in spec.items() if k in turn_fields}
+
+    @staticmethod
+    def _apply(obj, mapping: dict):
+        if not mapping or not isinstance(obj, dict):
+            return obj
+        out = {k: v for k, v in obj.items() if k not in mapping.values() or k in mapping}
+        for mine, theirs in mapping.items():
+            found, value = lookup(obj, theirs)
+            if found:
+                out[mine] = value
+            else:
+                out.pop(mine, None)
+        return out
+
+    def row(self, raw: dict) -> dict:
+        return self._apply(raw, self.row_map)
+
+    def turn(self, t):
+        return self._apply(t, self.turn_map)
+
+    def role(self, native: str) -> str:
+        return self.roles.get(native, native)
+
+
+def check_columns(source, fields: frozenset, turn_fields: frozenset, roles: frozenset) -> None:
+    """Recipe-time check of a `columns` option: known reader fields, string names, known roles."""
+    from tasks.errors import RecipeError
+
+    spec = source.options.get("columns")
+    where = f"source {source.name!r}: options.columns"
+    if not isinstance(spec, dict):
+        raise RecipeError(f"{where} must be a mapping of {source.format} field names to the dataset's")
+    unknown = set(spec) - fields - turn_fields - {"roles"}
+    if unknown:
+        raise RecipeError(f"{where}: unknown fields {sorted(unknown)} for format {source.format!r}; "
+                          f"known: {sorted(fields | turn_fields | ({'roles'} if roles else set()))}")
+    for k, v in spec.items():
+        if k != "roles" and (not isinstance(v, str) or not v.strip()):
+            raise RecipeError(f"{where}.{k} must be the dataset's field name, got {v!r}")
+    role_map = spec.get("roles") or {}
+    if not isinstance(role_map, dict) or (role_map and not roles):
+        raise RecipeError(f"{where}.roles must map the dataset's role names to {source.format} role names")
+    bad = {k: v for k, v in role_map.items() if not isinstance(v, str) or v.strip().lower() not in roles}
+    if bad:
+        raise RecipeError(f"{where}.roles: {bad} name no {source.format} role; known: {sorted(roles)}")
+
+
 # -- canonical records --------------------------------------------------------------------
 def make_record(
     *,

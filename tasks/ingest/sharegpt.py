@@ -1,43 +1,65 @@
 """ShareGPT reader: a JSON array, a single JSON object (`.json`) or JSONL of conversations
-`{"id"?, "conversations": [{"from", "value"}], ...}`.
+`{"id"?, "conversations": [{"from", "value"}], "system"?, "tools"?, ...}` (FastChat, and
+LLaMA-Factory's tool-calling dialect).
 
-Policy (each case has its own reject reason or a recorded repair):
-
-- Roles (case-insensitive): `human`/`user` -> user; `gpt`/`assistant`/`chatgpt`/`bard` -> assistant;
-  `system` -> system. Anything else: reject `unknown_role`.
-- A turn whose value is empty or whitespace: reject `empty_turn` (the conversation would
-  otherwise change meaning; we keep nothing half-way).
+- Roles (case-insensitive): `human`/`user` -> user; `gpt`/`assistant`/`chatgpt`/`bard` ->
+  assistant; `system` -> system; `function_call` -> an assistant turn whose value is the call
+  as JSON (`{"name", "arguments"}` or a list of them; text that is not JSON: reject
+  `bad_tool_call`), merged into the assistant turn before it; `observation` / `tool` /
+  `function` -> a tool result. Anything else: reject `unknown_role`.
+- `system` (a string) becomes the leading system turn; `tools` (a list of schemas or a JSON
+  string of one) the record's tools.
 - A turn that is not an object / lacks `from` or `value` / has a non-string value:
   reject `wrong_type` / `missing_field` naming the turn.
-- `system` turns are allowed only before the first user/assistant turn; later: reject
-  `misplaced_system`.
-- Assistant-first conversations: the leading assistant turn(s) are dropped (repair
-  `dropped_leading_assistant`).
-- Consecutive turns of one role are merged into one turn joined by a blank line
-  (repair `merged_same_role`).
-- A conversation ending on a user turn loses that trailing turn (repair
-  `dropped_trailing_user`): loss is computed on assistant turns only, so it teaches nothing.
-- After repairs, a conversation without an assistant turn: reject `no_assistant_turn`;
-  an empty `conversations` list: reject `empty_conversation`.
+- Option `columns` maps the dataset's names onto these (`conversations`, `from`, `value`,
+  `system`, `tools`, `id`; `roles`: the dataset's role names onto the ones above).
 
-Every repair is recorded in `meta.repairs` as {repair, turns (0-based native indices),
-text (the dropped text, for drops)}, so nothing disappears silently. Every other native
-field (model, lang, ...) is kept in `meta`; `id` is the `example_id` (a content hash when
-absent). task = the source's `task` or `conversation`.
+The conversation policy (empty turns, system placement, leading/trailing turns, merges) is
+tasks.ingest.chat's; every repair is in `meta.repairs`. Every other native field is kept in
+`meta`; `id` is the `example_id` (a content hash when absent). task = the source's `task` or
+`conversation`.
 """
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 from tasks.ingest import Reader, register
-from tasks.ingest.common import FieldError, convert_reject, iter_records, make_record, stable_hash
+from tasks.ingest.chat import Turn, normalize, tool_calls_of, tools_of
+from tasks.ingest.common import FieldError, convert_reject, iter_records, make_record, opt_str, stable_hash
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-         "chatgpt": "assistant", "bard": "assistant", "system": "system"}
+         "chatgpt": "assistant", "bard": "assistant", "system": "system", "function_call": "call",
+         "observation": "tool", "tool": "tool", "function": "tool"}
 
 
-def _turns(raw: dict) -> list[tuple[int, str, str]]:
-    """(native index, canonical role, text) of every turn; FieldError on a bad turn."""
+def _call_turn(i: int, value: str) -> Turn:
+    try:
+        calls = json.loads(value)
+    except ValueError as exc:
+        raise FieldError("bad_tool_call", f"conversations[{i}] (function_call) is not JSON: {exc}") from None
+    return Turn(i, "assistant", tool_calls=tool_calls_of(calls, f"conversations[{i}].value"))
+
+
+def _turn(i: int, t, cols) -> Turn:
+    t = cols.turn(t)
+    if not isinstance(t, dict):
+        raise FieldError("wrong_type", f"conversations[{i}] is {type(t).__name__}, expected an object")
+    for f in ("from", "value"):
+        if f not in t or t[f] is None:
+            raise FieldError("missing_field", f"conversations[{i}].{f} is missing")
+        if not isinstance(t[f], str):
+            raise FieldError("wrong_type", f"conversations[{i}].{f} is {type(t[f]).__name__}, expected a string")
+    role = ROLES.get(cols.role(t["from"]).strip().lower())
+    if role is None:
+        raise FieldError("unknown_role", f"conversations[{i}].from is {t['from']!r}; known: {sorted(ROLES)}")
+    if role == "call":
+        return _call_turn(i, t["value"])
+    return Turn(i, role, t["value"])
+
+
+def _turns(raw: dict, cols) -> list[Turn]:
+    """Every turn (the `system` field first); FieldError on a bad turn."""
     if "conversations" not in raw:
         raise FieldError("missing_field", "field 'conversations' is missing")
     conv = raw["conversations"]
@@ -47,68 +69,18 @@ def _turns(raw: dict) -> list[tuple[int, str, str]]:
         raise FieldError("wrong_type", f"field 'conversations' is {type(conv).__name__}, expected a list")
     if not conv:
         raise FieldError("empty_conversation", "field 'conversations' is an empty list")
-    out = []
-    for i, t in enumerate(conv):
-        if not isinstance(t, dict):
-            raise FieldError("wrong_type", f"conversations[{i}] is {type(t).__name__}, expected an object")
-        for f in ("from", "value"):
-            if f not in t or t[f] is None:
-                raise FieldError("missing_field", f"conversations[{i}].{f} is missing")
-            if not isinstance(t[f], str):
-                raise FieldError("wrong_type", f"conversations[{i}].{f} is {type(t[f]).__name__}, expected a string")
-        role = ROLES.get(t["from"].strip().lower())
-        if role is None:
-            raise FieldError("unknown_role", f"conversations[{i}].from is {t['from']!r}; known: {sorted(ROLES)}")
-        if not t["value"].strip():
-            raise FieldError("empty_turn", f"conversations[{i}] ({t['from']}) has an empty value")
-        out.append((i, role, t["value"]))
-    return out
-
-
-def normalize(turns: list[tuple[int, str, str]]) -> tuple[list[dict], list[dict]]:
-    """Apply the policy: (messages, repairs); FieldError for what is rejected."""
-    repairs: list[dict] = []
-    system = [t for t in turns if t[1] == "system"]
-    n_lead = 0
-    while n_lead < len(turns) and turns[n_lead][1] == "system":
-        n_lead += 1
-    if len(system) != n_lead:
-        late = next(t for t in turns[n_lead:] if t[1] == "system")
-        raise FieldError("misplaced_system", f"conversations[{late[0]}] is a system turn after the conversation started")
-    body = turns[n_lead:]
-    if body and body[0][1] == "assistant":
-        k = 0
-        while k < len(body) and body[k][1] == "assistant":
-            k += 1
-        repairs.append({"repair": "dropped_leading_assistant", "turns": [t[0] for t in body[:k]],
-                        "text": "\n\n".join(t[2] for t in body[:k])})
-        body = body[k:]
-    merged: list[list] = []
-    for i, role, text in body:
-        if merged and merged[-1][1] == role:
-            merged[-1][2] += "\n\n" + text
-            merged[-1][0].append(i)
-        else:
-            merged.append([[i], role, text])
-    for idx, role, _ in merged:
-        if len(idx) > 1:
-            repairs.append({"repair": "merged_same_role", "turns": idx})
-    if merged and merged[-1][1] == "user":
-        last = merged.pop()
-        repairs.append({"repair": "dropped_trailing_user", "turns": last[0], "text": last[2]})
-    if not any(m[1] == "assistant" for m in merged):
-        raise FieldError("no_assistant_turn", "no assistant turn follows a user turn")
-    messages = [{"role": "system", "content": t[2]} for t in turns[:n_lead]]
-    if len(messages) > 1:  # several leading system turns become one
-        repairs.append({"repair": "merged_same_role", "turns": [t[0] for t in turns[:n_lead]]})
-        messages = [{"role": "system", "content": "\n\n".join(m["content"] for m in messages)}]
-    messages += [{"role": role, "content": text} for _, role, text in merged]
-    return messages, repairs
+    system = opt_str(raw, "system")
+    head = [Turn(-1, "system", system)] if system and system.strip() else []
+    return head + [_turn(i, t, cols) for i, t in enumerate(conv)]
 
 
 @register
 class ShareGPTReader(Reader):
     name = "sharegpt"
+    version = 2  # 2: tool calls, tool results, system and tools fields, empty-turn repair
+    fields = frozenset({"conversations", "system", "tools", "id"})
+    turn_fields = frozenset({"from", "value"})
+    roles = frozenset(ROLES)
 
     @classmethod
     def read(cls, recipe, source, file: str) -> Iterator[tuple]:
@@ -116,17 +88,20 @@ class ShareGPTReader(Reader):
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:
-        for origin_file, origin_row, raw in rows:
+        cols = cls.columns(source)
+        for origin_file, origin_row, native in rows:
+            raw = cols.row(native)
             try:
-                messages, repairs = normalize(_turns(raw))
+                messages, repairs = normalize(_turns(raw, cols))
+                tools = tools_of(raw.get("tools"))
             except FieldError as e:
-                yield convert_reject(source.name, origin_file, origin_row, e.reason, e.detail, raw)
+                yield convert_reject(source.name, origin_file, origin_row, e.reason, e.detail, native)
                 continue
             native_id = raw.get("id")
             example_id = str(native_id) if native_id not in (None, "") else stable_hash(raw["conversations"])[:20]
-            meta = {k: v for k, v in raw.items() if k != "conversations"}
+            meta = {k: v for k, v in raw.items() if k not in ("conversations", "system", "tools")}
             if repairs:
                 meta["repairs"] = repairs
             yield make_record(source=source.name, task=source.task or "conversation", template_id="",
                               example_id=example_id, messages=messages, origin_file=origin_file,
-                              origin_row=origin_row, meta=meta)
+                              origin_row=origin_row, meta=meta, tools=tools)

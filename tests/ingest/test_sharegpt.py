@@ -71,3 +71,46 @@ def test_repairs_are_recorded(tmp_path):
     assert [r["repair"] for r in json.loads(merged["meta"])["repairs"]] == ["merged_same_role", "merged_same_role"]
     assert trailing["messages"][-1]["role"] == "assistant"
     assert json.loads(trailing["meta"])["repairs"] == [{"repair": "dropped_trailing_user", "turns": [2], "text": "bye"}]
+
+
+# -- tool calling (LLaMA-Factory's ShareGPT dialect), system and tools fields, columns ------------
+TOOLS = [{"name": "weather", "description": "d", "parameters": {"type": "object", "properties": {}}}]
+
+
+def test_function_call_and_observation_roles_with_tools_and_system(tmp_path):
+    conv = {"conversations": turns(("human", "Weather in Oslo?"), ("gpt", "Let me look."),
+                                   ("function_call", json.dumps({"name": "weather", "arguments": {"city": "Oslo"}})),
+                                   ("observation", "{\"sky\": \"rain\"}"), ("gpt", "Rain.")),
+            "system": "You are a helper.", "tools": json.dumps(TOOLS)}
+    _, (r,) = _run(tmp_path, [conv])
+    m = r["messages"]
+    assert [x["role"] for x in m] == ["system", "user", "assistant", "tool", "assistant"]
+    assert m[0]["content"] == "You are a helper."
+    assert m[2] == {"role": "assistant", "content": "Let me look.",
+                    "tool_calls": [{"id": None, "name": "weather", "arguments": '{"city": "Oslo"}'}]}
+    assert m[3]["content"] == "{\"sky\": \"rain\"}"
+    assert json.loads(r["tools"]) == [{"type": "function", "function": TOOLS[0]}]
+    assert "tools" not in json.loads(r["meta"]) and "system" not in json.loads(r["meta"])
+
+
+def test_function_call_that_is_not_json_is_rejected_with_its_reason(tmp_path):
+    conv = {"conversations": turns(("human", "q"), ("function_call", "weather(Oslo)"), ("observation", "r"), ("gpt", "a"))}
+    _, (r,) = _run(tmp_path, [conv])
+    assert r["reason"] == "bad_tool_call" and "conversations[1]" in r["detail"]
+
+
+def test_empty_turn_cuts_after_the_complete_exchanges(tmp_path):
+    conv = {"conversations": turns(("human", "q1"), ("gpt", "a1"), ("human", "q2"), ("gpt", " "))}
+    _, (r,) = _run(tmp_path, [conv])
+    assert [x["content"] for x in r["messages"]] == ["q1", "a1"]
+    assert [x["repair"] for x in json.loads(r["meta"])["repairs"]] == ["cut_at_empty_turn", "dropped_trailing_user"]
+
+
+def test_columns_and_roles_map_another_dataset_shape(tmp_path):
+    p = tmp_path / "o.jsonl"
+    p.write_text(json.dumps({"dialog": [{"speaker": "Q", "text": "hi"}, {"speaker": "A", "text": "hello"}]}) + "\n")
+    rc = parse_recipe({"sources": [{"name": "sg", "format": "sharegpt", "path": str(p), "options": {"columns": {
+        "conversations": "dialog", "from": "speaker", "value": "text", "roles": {"Q": "human", "A": "gpt"}}}}]}, tmp_path)
+    items = list(READERS["sharegpt"].read(rc, rc.sources[0], str(p)))
+    (r,) = READERS["sharegpt"].convert(rc, rc.sources[0], [(str(p), i[1], i[2]) for i in items])
+    assert r["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
