@@ -31,7 +31,9 @@ class SourceConfig(Section):
     template_names: list[str] | None = None  # promptsource: restrict to these template names
     task: str | None = None  # override the task name the reader derives
     priority: int = 0  # dedup keeps the higher priority record of a cluster
-    options: dict[str, Any] = Field(default_factory=dict)  # reader-specific options, documented per reader
+    # reader-specific options, documented per reader; `columns` (JSON-family readers) maps the
+    # reader's field names onto the dataset's, `columns.roles` the dataset's role names
+    options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -197,6 +199,9 @@ class TrainConfig(Section):
     lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     max_seq_len: int = 512
     truncation: Literal["truncate", "drop"] = "truncate"
+    # what the model learns of reasoning traces: every one, none, or only the last assistant turn's
+    # (tasks.train_sft.chat.apply_reasoning; the label audit checks it)
+    reasoning: Literal["keep", "drop", "last_turn"] = "keep"
     packing: bool = True
     epochs: float = 1.0
     max_steps: int | None = None

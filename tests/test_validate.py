@@ -117,6 +117,7 @@ FINE = {
     "latex": [U("Simplify \\frac{a}{b} times x^{2} please, step by step."), A("It is \\frac{a x^{2}}{b}.")],
     "fenced_code": [U("Fix this code for me please:\n```js\nconst s = `${name}`; if (x) {{ y }}\n```"), A("Done.")],
     "target_choice": [U("Is fire hot? Options: yes, no"), A(" yes ")],
+    "pretraining_text": [A("Rivers carry water from the hills down to the sea, and people like them for it.")],
     "reasoned_choice": [U("Is fire hot? Options: yes, no"), A("Fire burns at hundreds of degrees.\nSo the answer is: yes.")],
 }
 

@@ -30,6 +30,10 @@ Tool calls, tool results and reasoning traces (tasks.schema.MESSAGE):
   `reasoning_content` the same `<think>` way.
 Either way the trained spans are the assistant turns (content, kept reasoning and tool calls);
 tool results, system and user turns are never trained.
+
+Pretraining text (tasks.ingest.text: one assistant turn and nothing else) is rendered as the
+text itself followed by the tokenizer's end-of-sequence token, with no chat template, and
+every token is trained.
 """
 from __future__ import annotations
 
@@ -157,8 +161,20 @@ def prepare(tokenizer, messages, tools=None, reasoning: str = "keep") -> tuple[l
     return flatten(msgs, tools), None
 
 
+def is_text(messages) -> bool:
+    """Pretraining text: one assistant turn without reasoning or tool calls, and nothing else."""
+    return (len(messages) == 1 and messages[0]["role"] == "assistant" and not messages[0].get("tool_calls")
+            and not messages[0].get("reasoning"))
+
+
+def plain_text(tokenizer, messages) -> str:
+    return (messages[0]["content"] or "") + (getattr(tokenizer, "eos_token", None) or "")
+
+
 def render(tokenizer, messages, add_generation_prompt: bool = False, tools=None, reasoning: str = "keep") -> str:
     """The conversation as the text the model sees (chat template, no tokenisation)."""
+    if is_text(messages) and not add_generation_prompt:
+        return plain_text(tokenizer, messages)
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
     msgs, tools = prepare(tokenizer, messages, tools, reasoning)
@@ -184,12 +200,18 @@ def render_batch(tokenizer, batch_of_messages, tools=None, reasoning: str = "kee
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
     tools = tools if tools is not None else [None] * len(batch_of_messages)
-    prepared = [prepare(tokenizer, m, t, reasoning) for m, t in zip(batch_of_messages, tools)]
+    chats = [i for i, m in enumerate(batch_of_messages) if not is_text(m)]
+    out = [plain_text(tokenizer, m) if is_text(m) else None for m in batch_of_messages]
+    prepared = [prepare(tokenizer, batch_of_messages[i], tools[i], reasoning) for i in chats]
     if tokenizer.chat_template == CHATML_TEMPLATE:
-        return [_chatml(m) for m, _ in prepared]
-    if not any(t for _, t in prepared):
-        return tokenizer.apply_chat_template([m for m, _ in prepared], tokenize=False)
-    return [_apply(tokenizer, m, t) for m, t in prepared]
+        texts = [_chatml(m) for m, _ in prepared]
+    elif not any(t for _, t in prepared):
+        texts = tokenizer.apply_chat_template([m for m, _ in prepared], tokenize=False) if prepared else []
+    else:
+        texts = [_apply(tokenizer, m, t) for m, t in prepared]
+    for i, text in zip(chats, texts):
+        out[i] = text
+    return out
 
 
 def has_generation_blocks(tokenizer) -> bool:
@@ -200,6 +222,9 @@ def assistant_char_spans(tokenizer, messages, tools=None, reasoning: str = "keep
     """The rendered text and the [start, end) character spans that are trained."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
+    if is_text(messages):
+        text = plain_text(tokenizer, messages)
+        return text, [(0, len(text))]
     msgs, tools = prepare(tokenizer, messages, tools, reasoning)
     if has_generation_blocks(tokenizer):
         texts, indices = render_jinja_template(

@@ -154,3 +154,12 @@ def test_token_counts_include_tools(tok):
     plain, with_tools = chat.count_tokens(tok, [TOOL_CONV, TOOL_CONV], tools=[None, TOOLS])
     assert with_tools > plain
     assert with_tools == len(chat.encode(tok, TOOL_CONV, None, tools=TOOLS).input_ids)
+
+
+def test_pretraining_text_is_rendered_as_is_and_every_token_is_trained(tok):
+    doc = [{"role": "assistant", "content": "the blue cat sat on the red mat"}]
+    enc = chat.encode(tok, doc, None)
+    assert tok.decode(enc.input_ids) == "the blue cat sat on the red mat" + tok.eos_token
+    assert enc.labels == enc.input_ids
+    assert chat.check_trained_text(tok, doc, enc) is None
+    assert chat.count_tokens(tok, [doc, CONV]) == [len(enc.input_ids), len(chat.encode(tok, CONV, None).input_ids)]
