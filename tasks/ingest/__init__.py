@@ -1,7 +1,7 @@
 """Source-format readers, selected by name from `READERS` (recipes never name import paths).
 
 A reader module defines one or more `Reader` subclasses and registers them with
-`@register`. Registered names: `dolly`, `sharegpt`, `openai`, `alpaca`, `oasst`, `text`, `flan` (FLAN collection records;
+`@register`. Registered names: `dolly`, `sharegpt`, `openai`, `alpaca`, `oasst`, `super_ni`, `text`, `flan` (FLAN collection records;
 a `.tsv` path is read as FLAN CoT), `flan_cot`, `p3` (P3 records; with `templates:` it
 behaves as `promptsource`) and `promptsource`.
 
@@ -102,7 +102,7 @@ class Reader:
 
 def _load_all() -> None:
     # Import the reader modules so that they register themselves.
-    from tasks.ingest import alpaca, dolly, flan, oasst, openai, p3, sharegpt, text  # noqa: F401
+    from tasks.ingest import alpaca, dolly, flan, oasst, openai, p3, sharegpt, super_ni, text  # noqa: F401
 
 
 try:
