@@ -13,6 +13,13 @@
     promptsource/news_templates.yaml        promptsource templates (!Template, |||, answer_choices)
     mmlu/<subject>_test.csv                 MMLU-format questions (hendrycks layout: no header, answer A-D)
                                             on world capitals, arithmetic and everyday science
+    tools/tool_chats.jsonl                  OpenAI messages with tools, tool calls, results, reasoning traces
+                                            (double-encoded arguments, an image part, an unoffered tool, ...)
+    sharegpt/tool_calls.json                ShareGPT tool dialect (function_call / observation, tools, system)
+    alpaca/alpaca_data.json                 Alpaca rows, history, reasoning, a Self-Instruct `instances` row
+    oasst/trees.jsonl                       Open-Assistant tree export rows (ranked replies)
+    super_ni/task900_demo_continents.json   a Super-NaturalInstructions task file
+    text/pretrain.jsonl                     pretraining text documents
     recipe.yaml                             recipes/demo.yaml for the chosen model (when the repo has it)
 
 The text is regular on purpose so that a tiny model learns it in a few hundred steps
@@ -461,6 +468,169 @@ def _write_csv(path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
+# -- today's formats: tool calls, reasoning, Alpaca, Open-Assistant, Super-NI, pretraining text ------
+WEATHER_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city on a date.",
+                                      "parameters": {"type": "object", "properties": {
+                                          "city": {"type": "string"}, "date": {"type": "string"}},
+                                          "required": ["city", "date"]}}},
+    {"type": "function", "function": {"name": "convert_price", "description": "Convert a price to euros.",
+                                      "parameters": {"type": "object", "properties": {
+                                          "amount": {"type": "number"}, "currency": {"type": "string"}}}}},
+]
+SKIES = ["sunny", "cloudy", "rainy", "windy", "foggy", "snowy"]
+
+
+def _weather_chat(rng: random.Random, i: int) -> dict:
+    """OpenAI messages: a call, its result and the answer; some with a reasoning trace, some double-encoded."""
+    _, city, _ = rng.choice(COUNTRIES)
+    date, temp, sky = _date(rng), rng.randint(-9, 39), rng.choice(SKIES)
+    args = json.dumps({"city": city, "date": date})
+    call = {"id": f"call_{i}", "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps(args) if i % 7 == 3 else args}}
+    assistant = {"role": "assistant", "content": None, "tool_calls": [call]}
+    if i % 3 == 0:
+        assistant["reasoning_content"] = f"{rng.choice(NAMES)} asks about {city} on {date}: call get_weather."
+    msgs = [{"role": "user", "content": f"Ticket {rng.randint(100, 99_999)}: what is the weather in {city} on {date}?"},
+            assistant,
+            {"role": "tool", "tool_call_id": f"call_{i}", "name": "get_weather",
+             "content": json.dumps({"city": city, "temp_c": temp, "sky": sky})},
+            {"role": "assistant", "content": f"In {city} on {date} it is {sky} at {temp} degrees."}]
+    if i % 4 == 0:
+        msgs.insert(0, {"role": "system", "content": "You answer travel questions with the tools you are given."})
+    return {"id": f"tool_{i}", "messages": msgs, "tools": WEATHER_TOOLS}
+
+
+def tool_chats(rng: random.Random) -> list:
+    """OpenAI-format JSONL with tools, plus planted edge cases of the dialects real files ship."""
+    rows = [_weather_chat(rng, i) for i in range(60)]
+    ask = {"role": "user", "content": "What is the weather in Lima on May 3?"}
+    edge = [
+        {"id": "tool_image", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/sky.png"}},
+            {"type": "text", "text": "What weather is in this picture?"}]}, {"role": "assistant", "content": "Sunny."}]},
+        {"id": "tool_not_offered", "tools": WEATHER_TOOLS, "messages": [
+            ask, {"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "get_tides", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "low tide"}, {"role": "assistant", "content": "Low tide."}]},
+        {"id": "tool_bad_arguments", "tools": WEATHER_TOOLS, "messages": [
+            ask, {"role": "assistant", "tool_calls": [{"id": "c2", "function": {"name": "get_weather",
+                                                                                 "arguments": "city=Lima"}}]},
+            {"role": "tool", "tool_call_id": "c2", "content": "rain"}, {"role": "assistant", "content": "Rain."}]},
+        {"id": "tool_empty_turn", "tools": WEATHER_TOOLS, "messages": [
+            {"role": "user", "content": "Which tool tells me the weather in Quito on June 9?"},
+            {"role": "assistant", "content": "The get_weather tool does, given a city and a date."},
+            {"role": "user", "content": "  "}, {"role": "assistant", "content": "Ask again."}]},
+    ]
+    rows += edge
+    rng.shuffle(rows)
+    return [_dump(r) for r in rows]
+
+
+def sharegpt_tool_chats(rng: random.Random) -> list[dict]:
+    """LLaMA-Factory's ShareGPT tool dialect: function_call / observation turns, tools and system fields."""
+    tools = json.dumps([{"name": "add", "description": "Add two numbers.",
+                         "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}])
+    convs = []
+    for i in range(40):
+        a, b, name = rng.randint(100, 99_999), rng.randint(100, 99_999), rng.choice(NAMES)
+        convs.append({"conversations": [
+            {"from": "human", "value": f"{name} has {a} points and wins {b} more. How many now?"},
+            {"from": "function_call", "value": json.dumps({"name": "add", "arguments": {"a": a, "b": b}})},
+            {"from": "observation", "value": json.dumps({"result": a + b})},
+            {"from": "gpt", "value": f"{name} now has {a + b} points."}],
+            "system": "Use the add tool for sums.", "tools": tools})
+    return convs
+
+
+def alpaca_rows(rng: random.Random) -> list[dict]:
+    """Alpaca rows (input or not), LIMA-style history, a Self-Instruct row with instances, reasoning."""
+    rows = []
+    for i in range(50):
+        a, b, item, name = rng.randint(2, 99), rng.randint(2, 99), rng.choice(ITEMS), rng.choice(NAMES)
+        row = {"instruction": f"How many {item} does {name} have after buying {b} boxes of {a}?",
+               "input": "" if i % 2 else f"Order number {rng.randint(1000, 99_999)}.",
+               "output": f"{name} has {a * b} {item}."}
+        if i % 5 == 0:
+            row["reasoning"] = f"{b} boxes of {a} is {b} times {a}, which is {a * b}."
+        if i % 6 == 0:
+            c, k, _ = rng.choice(COUNTRIES)
+            row["history"] = [[f"Where does {name} shop, in {c}?", f"Yes, {name} shops in {k}, {c}."]]
+        rows.append(row)
+    rows.append({"id": "seed_task_demo", "name": "opposites", "instruction": "Give the opposite of the word.",
+                 "instances": [{"input": w, "output": o} for w, o in (("hot", "cold"), ("early", "late"), ("wide", "narrow"))]})
+    rows.append({"instruction": "Write a haiku about rivers.", "input": ""})  # no output: missing_field
+    return rows
+
+
+def _oasst_node(mid: str, role: str, text: str, replies=(), rank=None) -> dict:
+    node = {"message_id": mid, "text": text, "role": role, "lang": "en", "deleted": False, "synthetic": True,
+            "replies": list(replies)}
+    return node if rank is None else {**node, "rank": rank}
+
+
+def oasst_trees(rng: random.Random) -> list:
+    """Open-Assistant tree export rows: a prompt, ranked assistant replies, a follow-up."""
+    lines = []
+    for t in range(20):
+        product, color, price = rng.choice(PRODUCTS), rng.choice(COLORS), rng.randint(5, 400)
+        good, bad = rng.choice(GOOD), rng.choice(BAD)
+        follow = _oasst_node(f"m{t}-3", "prompter", f"Is the {color} {product} for {price} dollars {bad}?",
+                             [_oasst_node(f"m{t}-4", "assistant", f"No, reviews call it {good}.", rank=0)])
+        root = _oasst_node(f"m{t}-0", "prompter", f"Should I buy the {color} {product} for {price} dollars?", [
+            _oasst_node(f"m{t}-1", "assistant", f"Yes, the {color} {product} is {good} for {price} dollars.",
+                        [follow], rank=0),
+            _oasst_node(f"m{t}-2", "assistant", f"Maybe; a {product} at {price} dollars can be {bad}.", rank=1)])
+        lines.append(_dump({"message_tree_id": f"tree-{t}", "tree_state": "ready_for_export", "prompt": root}))
+    return lines
+
+
+def super_ni_task(rng: random.Random) -> dict:
+    """A Super-NaturalInstructions task file: definition, positive examples, instances."""
+    instances = []
+    for i in range(50):
+        name, (c, _, continent) = rng.choice(NAMES), rng.choice(COUNTRIES)
+        instances.append({"id": f"task900-{rng.getrandbits(128):032x}",
+                          "input": f"{name} flew to {c} on {_date(rng)} with flight {rng.randint(100, 9999)}.",
+                          "output": [continent]})
+    return {"Contributors": ["Tuneline demo"], "Source": ["demo"], "Categories": ["Question Answering"],
+            "Reasoning": [], "Definition": ["Name the continent of the country the sentence mentions."],
+            "Input_language": ["English"], "Output_language": ["English"], "Instruction_language": ["English"],
+            "Domains": ["Geography"],
+            "Positive Examples": [{"input": f"{n} sailed to {c}.", "output": k, "explanation": f"{c} is in {k}."}
+                                  for n, (c, _, k) in zip(NAMES, rng.sample(COUNTRIES, 3))],
+            "Negative Examples": [], "Instances": instances, "Instance License": ["CC0"]}
+
+
+def pretrain_rows(rng: random.Random) -> list:
+    """Pretraining text documents (Dolma-like: id, source, text)."""
+    rows = []
+    for i in range(40):
+        (c, k, cont), name = rng.choice(COUNTRIES), rng.choice(NAMES)
+        n, item = rng.randint(2, 999), rng.choice(ITEMS)
+        rows.append({"id": f"doc-{i}", "source": "demo-web",
+                     "text": f"On {_date(rng)} {name} travelled to {k}, the capital of {c} in {cont}. "
+                             f"There {name} bought {n} {item} at a market near the {rng.choice(COLORS)} bridge."})
+    rows.append({"id": "doc-empty", "source": "demo-web", "text": ""})  # empty_field
+    return [_dump(r) for r in rows]
+
+
+def write_new_format_data(d: Path, rng: random.Random) -> list[Path]:
+    """The files of today's formats; draws from `rng` only after every older demo file."""
+    out = [_write_lines(d / "tools" / "tool_chats.jsonl", tool_chats(random.Random(rng.random())))]
+    for path, rows in ((d / "sharegpt" / "tool_calls.json", sharegpt_tool_chats(random.Random(rng.random()))),
+                       (d / "alpaca" / "alpaca_data.json", alpaca_rows(random.Random(rng.random())))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        out.append(path)
+    out.append(_write_lines(d / "oasst" / "trees.jsonl", oasst_trees(random.Random(rng.random()))))
+    ni = d / "super_ni" / "task900_demo_continents.json"
+    ni.parent.mkdir(parents=True, exist_ok=True)
+    ni.write_text(json.dumps(super_ni_task(random.Random(rng.random())), ensure_ascii=False, indent=4), encoding="utf-8")
+    out.append(ni)
+    out.append(_write_lines(d / "text" / "pretrain.jsonl", pretrain_rows(random.Random(rng.random()))))
+    return out
+
+
 #: `--model tiny`: the demo recipe's train/evaluate keys for the tiny model built from a config
 #: (full fine-tuning of a randomly initialised model learns the regular demo data in a minute).
 TINY_DEMO = {
@@ -513,6 +683,7 @@ def write_demo_data(dir: str | Path, seed: int = 0, model: str = "smollm2-135m")
     out.append(tpl)
     for subject, rows in mmlu_questions(random.Random(rng.random())).items():
         out.append(_write_csv(d / "mmlu" / f"{subject}_test.csv", rows))
+    out += write_new_format_data(d, rng)
     if (REPO / "recipes" / "demo.yaml").is_file():
         (d / "recipe.yaml").write_text(demo_recipe(model), encoding="utf-8")
         out.append(d / "recipe.yaml")

@@ -20,7 +20,8 @@ def test_demo_recipe_ingests_and_converts_everything(tmp_path, store):
     paths = write_demo_data(tmp_path / "demo")
     assert (tmp_path / "demo" / "recipe.yaml") in paths
     rc = load_recipe(tmp_path / "demo" / "recipe.yaml")
-    assert {s.format for s in rc.sources} == {"dolly", "sharegpt", "flan", "flan_cot", "p3", "promptsource"}
+    assert {s.format for s in rc.sources} == {"dolly", "sharegpt", "flan", "flan_cot", "p3", "promptsource",
+                                              "openai", "alpaca", "oasst", "super_ni", "text"}
     rd = rc.model_dump(by_alias=True)
     total_raw, records, reasons, langs_text = 0, [], set(), ""
     for s in rc.sources:
@@ -47,6 +48,11 @@ def test_demo_recipe_ingests_and_converts_everything(tmp_path, store):
     for marker in ("Hauptstadt", "capitale", "¿Cuál", "首都"):
         assert marker in text
     assert any(json.loads(r["meta"]).get("repairs") for r in records)
+    # today's parts: tool calls and results, offered tools, reasoning traces, pretraining text
+    msgs = [m for r in records for m in r["messages"]]
+    assert any(m.get("tool_calls") for m in msgs) and any(m["role"] == "tool" for m in msgs)
+    assert any(m.get("reasoning") for m in msgs) and any(r["tools"] for r in records)
+    assert "unsupported_modality" in reasons and any(r["task"] == "text" for r in records)
 
 
 def test_demo_recipe_for_each_model(tmp_path):
