@@ -5,6 +5,11 @@ user turns shares a word n-gram (default 13) with an evaluation prompt. Evaluati
 prompts come from the project's own held-out split (`records_eval` user turns, bench
 name `heldout`, item id = record_id) and from benchmark files the recipe lists.
 
+The prompt side of a record (`prompt_turn`, both sides): its user turns, its tool results (text
+the model reads, like a user turn) and, for pretraining text (one assistant turn alone), that
+text. Assistant replies, reasoning traces and tool calls are what the model writes: they are
+not prompts, so they are not matched.
+
 A held-out row's few-shot exemplars (the leading `shots_chars` characters of its first
 user turn, FLAN CoT) are training examples, not part of the held-out item, so they are
 left out of its prompt: a training row that repeats them is not contaminated.
@@ -159,8 +164,16 @@ def benchmark_prompts(recipe: Recipe, bench: BenchmarkConfig) -> pa.Table:
     return pa.table(out, schema=PROMPTS)
 
 
+def prompt_turn(group: str) -> pl.Expr:
+    """True for the turns decontamination matches (module docstring), over exploded messages
+    grouped by `group` (one value per record)."""
+    lone = (pl.len().over(group) == 1) & (pl.col("role") == "assistant")
+    return pl.col("role").is_in(["user", "tool"]) | lone
+
+
 def user_turns(records, row_offset: int = 0) -> pa.Table:
-    """(row_idx, text) of every user turn of RECORDS rows (Polars frame, Arrow table or batch).
+    """(row_idx, text) of every prompt turn (`prompt_turn`: user turns, tool results, pretraining
+    text) of RECORDS rows (Polars frame, Arrow table or batch).
 
     row_idx is the row's position in `records` plus row_offset.
     """
@@ -173,7 +186,7 @@ def user_turns(records, row_offset: int = 0) -> pa.Table:
         .explode("messages")
         .drop_nulls("messages")
         .unnest("messages")
-        .filter(pl.col("role") == "user")
+        .filter(prompt_turn("row_idx"))
         .select(pl.col("row_idx").cast(pl.Int64), pl.col("content").alias("text"))
     )
     return turns.to_arrow().cast(TURNS)
@@ -366,8 +379,8 @@ def heldout_prompts(batches) -> pa.Table:
         shots = pl.col("meta").str.json_path_match(f"$.{SHOTS_CHARS}").cast(pl.Int64, strict=False).fill_null(0)
         first_user = pl.int_range(pl.len()).over("record_id") == 0  # among the user turns kept below
         frames.append(
-            df.explode("messages").drop_nulls("messages").unnest("messages")
-            .filter(pl.col("role") == "user")
+            df.with_row_index("_row").explode("messages").drop_nulls("messages").unnest("messages")
+            .filter(prompt_turn("_row"))
             .select(pl.lit(HELDOUT).alias("bench"), pl.col("record_id").alias("item_id"),
                     pl.when(first_user).then(pl.col("content").str.slice(shots)).otherwise(pl.col("content")).alias("text"),
                     pl.coalesce(pl.col("example_id").replace("", None), pl.col("record_id")).alias("group"))
