@@ -5,6 +5,7 @@ import re
 import time
 
 from tasks import plots
+from tasks.step import logger
 from tasks.store import ArtifactStore, RunLog, atomic_write_bytes
 
 
@@ -116,8 +117,8 @@ def _artifact(kind: str, key: str, description: str, **content) -> None:
     create = artifacts.create_table_artifact if kind == "table" else artifacts.create_markdown_artifact
     try:
         create(key=_key(key), description=description, **content)
-    except Exception:  # outside a flow run there is nowhere to publish
-        pass
+    except Exception as exc:  # the artifacts, catalog and HTML report are written: a UI report never fails a step
+        logger().warning(f"Prefect artifact {key} not published: {exc}")
 
 
 def run_report(root: str, run_id: str, recipe_path: str) -> str:
