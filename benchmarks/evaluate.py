@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     model = load_pretrained(path, TrainConfig(model=args.model)).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(path)
     questions = [q for f in sorted(glob.glob(args.mmlu)) for q in read_mmlu_csv(f)]
+    if not questions:
+        raise SystemExit(f"no MMLU questions in {args.mmlu}")
     sc = Scorer(model, tok, encode, 2048, "truncate", args.batch, args.device)
     print(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters) on "
           f"{args.device}, {torch.get_num_threads()} threads; {len(questions)} questions, score_by {args.score_by}, "

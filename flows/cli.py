@@ -107,6 +107,8 @@ def _print_summary(out: str, result: dict) -> None:
 
         print(f"\nevaluation, base vs stages ({root / REPORT_FILE}):")
         print((root / REPORT_FILE).read_text())
+        print("\ngenerations, base vs stages (all of them: select * from generations):")
+        print(query(root, (REPO / "sql" / "reports" / "generations.sql").read_text()))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -117,7 +117,7 @@ class ValidateConfig(Section):
     max_turn_chars: int = 20_000
     max_conversation_chars: int = 100_000
     min_turn_chars: int = 1
-    max_turn_tokens: int | None = None  # needs train.tokenizer or a local train.model directory
+    max_turn_tokens: int | None = None  # needs train.tokenizer, a named train.model or a local model directory
     max_conversation_tokens: int | None = None
     # Self-identification and refusal phrases searched in assistant turns (tasks.validate:
     # case-insensitive, any whitespace between words and around CJK characters, whole words

@@ -113,7 +113,7 @@ MIXTURE_UNSELECTED = pa.schema(
     ]
 )
 
-TokenCounter = Callable[[list[list[dict]]], list[int]]
+TokenCounter = Callable[[list[list[dict]], list[str | None]], list[int]]  # (messages, tools) of a batch
 
 
 # --------------------------------------------------------------------------- recipe checks
@@ -218,8 +218,8 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(names), rank[enc.indices.to_numpy()]
 
 
-def count_pool_tokens(store: ArtifactStore, validate_manifest: dict, root: str,
-                      tokenizer_manifest: dict) -> tuple[np.ndarray | None, TokenCounter | None, str]:
+def count_pool_tokens(store: ArtifactStore, validate_manifest: dict, root: str, tokenizer_manifest: dict,
+                      reasoning: str = "keep") -> tuple[np.ndarray | None, TokenCounter | None, str]:
     """Tokens per conversation with the pipeline's tokenizer and chat format:
     (counts of every `records_valid` row in table order, None, how) from the parallel
     counter (tasks.train_sft.token_count), or (None, a per-batch counter, why not)."""
@@ -230,10 +230,11 @@ def count_pool_tokens(store: ArtifactStore, validate_manifest: dict, root: str,
     tokenizer = load_tokenizer(root, tokenizer_manifest)
     counts, how = token_count.count_table(store.paths(validate_manifest, "records_valid"),
                                           tokenizer_dir(root, tokenizer_manifest) / "tokenizer.json",
-                                          tokenizer.chat_template)
+                                          tokenizer.chat_template, reasoning=reasoning)
     if counts is not None:
         return counts, None, how
-    return None, lambda batch: count_tokens(tokenizer, batch), f"the tokenizer, in-process ({how})"
+    return (None, lambda batch, tools: count_tokens(tokenizer, batch, tools=tools, reasoning=reasoning),
+            f"the tokenizer, in-process ({how})")
 
 
 def load_pool(store: ArtifactStore, validate_manifest: dict, count: TokenCounter | None,
@@ -243,13 +244,13 @@ def load_pool(store: ArtifactStore, validate_manifest: dict, count: TokenCounter
     ids, sources, tasks, tokens = [], [], [], []
     total = sum(part["rows"] for part in validate_manifest.get("tables", {}).get("records_valid", []))
     progress = Progress("mix: reading the pool" if counts is not None else "mix: counting tokens", total=total)
-    cols = ["record_id", "source", "task"] + (["messages"] if counts is None else [])
+    cols = ["record_id", "source", "task"] + (["messages", "tools"] if counts is None else [])
     for batch in store.iter_batches(validate_manifest, "records_valid", columns=cols, batch_size=8192):
         ids.append(batch.column("record_id"))
         sources.extend(batch.column("source").to_pylist())
         tasks.extend(t or "" for t in batch.column("task").to_pylist())
         if counts is None:
-            tokens.extend(count(batch.column("messages").to_pylist()))
+            tokens.extend(count(batch.column("messages").to_pylist(), batch.column("tools").to_pylist()))
         progress.add(batch.num_rows)
     progress.done()
     if counts is not None:
@@ -728,13 +729,15 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
     config = {
         "stages": [s.model_dump(by_alias=True) for s in rcp.stages],
         "sources": [s.name for s in rcp.sources],
+        "reasoning": rcp.train.reasoning,  # token counts follow what training keeps of reasoning traces
     }
 
     def body(writer) -> None:
         if count_tokens is not None:
             counts, count, how = None, count_tokens, "the counter given"
         else:
-            counts, count, how = count_pool_tokens(store, validate_manifest, root, tokenizer_manifest)
+            counts, count, how = count_pool_tokens(store, validate_manifest, root, tokenizer_manifest,
+                                                   rcp.train.reasoning)
         logger().info(f"mix: tokens counted with {how}")
         pool = load_pool(store, validate_manifest, count, counts)
         assert_no_heldout(store, split_manifest, pool)

@@ -30,8 +30,8 @@ kwargs may name recipe values as {"$PARAMETER": name} (PARAMETERS). `meta.requir
 lists values that must be set (`tokenizer` = a tokenizer is available, `languages` =
 validate.languages is set); otherwise the expectation is skipped and reported so.
 
-Token bounds need a tokenizer: `train.tokenizer`, else `train.model` when it is a local
-directory, loaded with AutoTokenizer.from_pretrained (local files only). Without one the
+Token bounds need a tokenizer: `train.tokenizer`, else `train.model` when it is a named
+model (tasks.model_registry) or a local directory, loaded with AutoTokenizer.from_pretrained (local files only). Without one the
 token columns are null and the token expectations are skipped.
 
 Language: py3langid on the first `validate.lang_max_chars` (160) characters of the
@@ -76,6 +76,7 @@ from tasks.answers import choice_index
 from tasks.config import Recipe, ValidateConfig
 from tasks.errors import GateFailed, RecipeError
 from tasks.langid import languages_later
+from tasks.model_registry import is_named, resolve_model
 from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS, turn_text_expr
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
@@ -563,9 +564,11 @@ def _ge_results(result: dict | None) -> list[tuple[str, dict]]:
 
 # -- the step ----------------------------------------------------------------------------
 def _tokenizer_path(recipe: Recipe) -> str | None:
+    """The local tokenizer directory token bounds use: train.tokenizer, else train.model (a named
+    model's converted directory, or a local path); None for the tiny model or a hub name."""
     for cand in (recipe.train.tokenizer, None if recipe.train.model == "tiny" else recipe.train.model):
-        if cand and Path(recipe.resolve(cand)).exists():
-            return recipe.resolve(cand)
+        if cand and (is_named(cand) or Path(recipe.resolve(cand)).exists()):
+            return resolve_model(cand, recipe.resolve)
     return None
 
 

@@ -68,7 +68,7 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture
 def counter(tokenizer):
-    return lambda batch: count_tokens(tokenizer, batch)
+    return lambda batch, tools: count_tokens(tokenizer, batch, tools=tools)
 
 
 def setup(tmp_path, rows=None, name="a"):

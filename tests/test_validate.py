@@ -428,3 +428,17 @@ def test_report_breaks_down_rejects_per_source_and_task(tmp_path):
     assert sum(r["record_id"] in quiz for r in wrong) == 3  # three examples of the reason
     open_line = next(line for line in section.splitlines() if line.startswith("| src | open |"))
     assert "| 7 | 6 | 1 | no_template_leftovers | 1 |" in open_line and leftover["record_id"] in open_line
+
+
+def test_token_bounds_use_a_named_models_tokenizer(tmp_path):
+    from tasks.config import Recipe
+    from tasks.model_registry import model_dir
+    from tasks.validate import _tokenizer_path
+
+    def rc(**train):
+        return Recipe.model_validate({"sources": [{"name": "a", "format": "dolly", "path": "x"}], "train": train,
+                                      "base_dir": str(tmp_path)})
+
+    assert _tokenizer_path(rc(model="smollm2-135m")) == str(model_dir("smollm2-135m"))
+    assert _tokenizer_path(rc(model="tiny")) is None
+    assert _tokenizer_path(rc(model="some-org/not-downloaded")) is None  # a hub name: no local files

@@ -51,7 +51,7 @@ GENERATIONS = pa.schema([
 ])
 
 _HELDOUT_SQL = """
-SELECT record_id, source, task, messages, answer_choices, origin_file, origin_row
+SELECT record_id, source, task, messages, tools, answer_choices, origin_file, origin_row
 FROM read_parquet({files})
 QUALIFY row_number() OVER (PARTITION BY source, task ORDER BY record_id) <= {cap}
 ORDER BY source, task, record_id
@@ -142,7 +142,7 @@ def evaluate(root: str, recipe: dict, stage: str, model_manifest: dict | None, s
         "stage_index": index,
     }
     config = {"evaluate": cfg.model_dump(), "max_seq_len": rc.train.max_seq_len,
-              "truncation": rc.train.truncation, "device": device}
+              "truncation": rc.train.truncation, "reasoning": rc.train.reasoning, "device": device}
 
     def body(writer) -> None:
         from tasks.train_sft.chat import encode
@@ -155,7 +155,7 @@ def evaluate(root: str, recipe: dict, stage: str, model_manifest: dict | None, s
         logger().info(f"evaluate {stage}: {len(records)} of {total} held-out rows, {len(questions)} MMLU "
                       f"questions, on {device}")
         sc = Scorer(model, tokenizer, encode, min(rc.train.max_seq_len, model_context(model)), rc.train.truncation,
-                    cfg.batch_size, device)
+                    cfg.batch_size, device, rc.train.reasoning)
         res = evaluate_loaded(sc, records, questions, cfg)
         run_id = os.environ.get("TUNELINE_RUN_ID") or None
         common = {"run_id": run_id, "stage": stage, "stage_index": index, "model_hash": model_hash,

@@ -24,19 +24,21 @@ class Scorer:
 
     model: object
     tokenizer: object
-    encode: Callable  # tasks.train_sft.chat.encode(tokenizer, messages, max_seq_len, truncation)
+    encode: Callable  # tasks.train_sft.chat.encode(tokenizer, messages, max_seq_len, truncation, tools, reasoning)
     max_seq_len: int
     truncation: str
     batch_size: int
     device: str
+    reasoning: str = "keep"  # train.reasoning: the model is evaluated on what it was trained to produce
 
     @property
     def pad_id(self) -> int:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def enc(self, messages: list[dict]):
-        return self.encode(self.tokenizer, messages, self.max_seq_len, self.truncation)
+    def enc(self, messages: list[dict], tools: str | None = None):
+        return self.encode(self.tokenizer, messages, self.max_seq_len, self.truncation, tools=tools,
+                           reasoning=self.reasoning)
 
     @property
     def special_ids(self) -> frozenset[int]:
@@ -97,7 +99,7 @@ def heldout_loss(sc: Scorer, records: list[dict]) -> tuple[SuiteResult, set[str]
     seqs, kept = [], []
     truncated = 0
     for r in records:
-        enc = sc.enc(r["messages"])
+        enc = sc.enc(r["messages"], r.get("tools"))
         reason = None
         if enc.truncated and sc.truncation == "drop":
             reason = "too_long"
@@ -143,6 +145,7 @@ class ChoiceItem:
     context: list[dict]  # messages before the reply
     choices: tuple[str, ...]
     answer: int
+    tools: str | None = None  # the record's offered tools (JSON), rendered as in training
 
 
 class Pick(NamedTuple):
@@ -167,7 +170,7 @@ def rank_classify(sc: Scorer, items: list[ChoiceItem]) -> list[Pick]:
     for it in items:
         seqs, reason = [], None
         for choice in it.choices:
-            enc = sc.enc(it.context + [{"role": "assistant", "content": choice}])
+            enc = sc.enc(it.context + [{"role": "assistant", "content": choice}], it.tools)
             labels = reply_content(enc.labels, sc.special_ids)
             if not choice.strip():
                 reason = reason or "empty_choice"
@@ -210,7 +213,8 @@ def choice_items(records: list[dict]) -> tuple[list[ChoiceItem], list[dict], lis
         if reply.strip() not in stripped:
             rejects.append(_reject(r, "mc_answer_not_in_choices", f"answer {reply[:80]!r}"))
             continue
-        items.append(ChoiceItem(r["source"], r["task"], context, tuple(choices), stripped.index(reply.strip())))
+        items.append(ChoiceItem(r["source"], r["task"], context, tuple(choices), stripped.index(reply.strip()),
+                                r.get("tools")))
         owners.append(r)
     return items, owners, rejects
 
@@ -291,7 +295,7 @@ def generation_suite(sc: Scorer, records: list[dict], samples: int, max_new_toke
     for r in chosen:
         context, reference = split_reply(r["messages"])
         # The prompt is the encoded conversation up to the reply, exactly as in training.
-        enc = sc.enc(context + [{"role": "assistant", "content": reference}])
+        enc = sc.enc(context + [{"role": "assistant", "content": reference}], r.get("tools"))
         start = last_span_start(enc.labels)
         if start is None or enc.truncated or start + max_new_tokens > model_context(sc.model):
             res.rejects.append(_reject(r, "generation_prompt_too_long",

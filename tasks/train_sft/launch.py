@@ -96,9 +96,9 @@ def write_stage_rows(store: ArtifactStore, mix_manifest: dict, stage: str, dest:
     try:
         con.execute(
             """CREATE TEMP TABLE rows AS
-               SELECT m.position, m.record_id, r.source, r.origin_file, r.origin_row, r.messages
+               SELECT m.position, m.record_id, r.source, r.origin_file, r.origin_row, r.messages, r.tools
                FROM read_parquet(?) m
-               LEFT JOIN (SELECT DISTINCT ON (record_id) record_id, source, origin_file, origin_row, messages
+               LEFT JOIN (SELECT DISTINCT ON (record_id) record_id, source, origin_file, origin_row, messages, tools
                           FROM read_parquet(?)) r USING (record_id)
                WHERE m.stage = ? ORDER BY m.position""",
             [mix_files, rec_files, stage],

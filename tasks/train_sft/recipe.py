@@ -8,7 +8,7 @@ or directly (`python -m tasks.train_sft.recipe --config stage.json`), with or wi
 Prefect installed (nothing here imports it). The stage config JSON (see `launch.stage_config`):
 
     stage, recipe (the recipe dict), root (artifacts root), tokenizer_dir, rows_path (Parquet:
-    position, record_id, source, repeat, messages in training order), init (the manifest of the
+    position, record_id, source, origin_file, origin_row, messages, tools in training order), init (the manifest of the
     stage this one starts from, or null), work_dir (checkpoints, outputs), out_dir.
 
 Outputs in `out_dir`, written by rank 0, completed by a `COMPLETE` marker: model weights
@@ -125,10 +125,11 @@ def tokenize(st: Stage) -> tuple[list[dict], list[dict]]:
     """Encode every row (in record batches); returns the audit rows and the rows not trained."""
     audit, dropped = [], []
     strict = st.recipe.on_error == "strict"
-    for batch in st.rows.select(["position", "record_id", "messages"]).to_batches(max_chunksize=4096):
+    for batch in st.rows.select(["position", "record_id", "messages", "tools"]).to_batches(max_chunksize=4096):
         cols = batch.to_pydict()
-        for pos, rid, msgs in zip(cols["position"], cols["record_id"], cols["messages"]):
-            enc = chat.encode(st.tokenizer, msgs, st.train.max_seq_len, st.train.truncation)
+        for pos, rid, msgs, tools in zip(cols["position"], cols["record_id"], cols["messages"], cols["tools"]):
+            enc = chat.encode(st.tokenizer, msgs, st.train.max_seq_len, st.train.truncation, tools=tools,
+                              reasoning=st.train.reasoning)
             reason = drop_reason(enc, strict)
             audit.append(dict(position=pos, record_id=rid, total_tokens=enc.total_tokens,
                               trained_tokens=enc.trained_tokens, truncated=enc.truncated, dropped=bool(reason),
@@ -161,7 +162,7 @@ def check_audit(st: Stage, audit: list[dict]) -> None:
     for i, msgs in zip(sample, messages):
         ids, labels = st.examples[i]
         enc = chat.Encoded(ids, labels, truncated=st.truncated[i], total_tokens=len(ids))
-        problem = chat.check_trained_text(st.tokenizer, msgs, enc)
+        problem = chat.check_trained_text(st.tokenizer, msgs, enc, reasoning=st.train.reasoning)
         if problem:
             raise LabelAuditError(
                 f"stage {st.cfg['stage']}: record {st.record_ids[i]} (position {st.positions[i]}): {problem}"

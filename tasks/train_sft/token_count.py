@@ -112,12 +112,61 @@ def chatml_texts(messages: pa.Array | pa.ChunkedArray) -> list[str]:
     return joined.fill_null("").to_pylist()
 
 
-def count_row_group(tokenizer_json: str, path: str, row_group: int) -> tuple[np.ndarray, str | None]:
-    """(token count per row, None) of one row group's `messages`; (counts, what differed) when
+def plain_chat_rows(messages: pa.Array, tools: pa.Array | None) -> np.ndarray:
+    """True for the rows `chatml_texts` renders as training does: no offered tools, no reasoning
+    trace, no tool call, and not pretraining text (a lone assistant turn, rendered without a
+    template). The others are rendered by `chat.render_batch`."""
+    n = len(messages)
+    flat = messages.flatten()
+    parents = pc.list_parent_indices(messages).to_numpy()
+    reasoning = pc.fill_null(pc.greater(pc.utf8_length(flat.field("reasoning")), 0), False)
+    calls = pc.fill_null(pc.greater(pc.list_value_length(flat.field("tool_calls")), 0), False)
+    special = np.bincount(parents, weights=pc.or_(reasoning, calls).to_numpy(zero_copy_only=False).astype(float),
+                          minlength=n) > 0
+    lengths = pc.list_value_length(messages).fill_null(0).to_numpy(zero_copy_only=False)
+    starts = pc.subtract(messages.offsets, messages.offsets[0]).to_numpy()[:-1]
+    roles = np.asarray(flat.field("role").fill_null("").to_pylist() if len(flat) else [], dtype=object)
+    text = (lengths == 1) & np.array([roles[i] == "assistant" if k == 1 else False for i, k in zip(starts, lengths)],
+                                     dtype=bool)
+    offered = np.zeros(n, bool) if tools is None else pc.and_(
+        pc.is_valid(tools), pc.invert(pc.is_in(tools, pa.array(["", "[]", "null"])))).to_numpy(zero_copy_only=False)
+    return ~(special | text | offered)
+
+
+@functools.lru_cache(maxsize=4)
+def _chat_tokenizer(directory: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def rendered_texts(tokenizer_json: str, table: pa.Table, reasoning: str) -> list[str]:
+    """Each row's conversation as training renders it: plain chats in Arrow (`chatml_texts`),
+    rows with tools, reasoning, tool calls or pretraining text by `chat.render_batch`."""
+    from tasks.train_sft import chat
+
+    messages = table.column("messages").combine_chunks()
+    tools = table.column("tools").combine_chunks() if "tools" in table.column_names else None
+    texts = chatml_texts(messages)
+    other = np.flatnonzero(~plain_chat_rows(messages, tools))
+    if len(other):
+        idx = pa.array(other)
+        rendered = chat.render_batch(_chat_tokenizer(str(Path(tokenizer_json).parent)),
+                                     messages.take(idx).to_pylist(),
+                                     None if tools is None else tools.take(idx).to_pylist(), reasoning)
+        for i, text in zip(other, rendered):
+            texts[i] = text
+    return texts
+
+
+def count_row_group(tokenizer_json: str, path: str, row_group: int,
+                    reasoning: str = "keep") -> tuple[np.ndarray, str | None]:
+    """(token count per row, None) of one row group's conversations; (counts, what differed) when
     the tokenizer itself disagrees on one of the first VERIFY_ROWS conversations."""
     fast, reference = _encoders(tokenizer_json)
-    messages = pq.ParquetFile(path).read_row_group(row_group, columns=["messages"]).column(0)
-    texts = chatml_texts(messages)
+    pf = pq.ParquetFile(path)
+    columns = [c for c in ("messages", "tools") if c in pf.schema_arrow.names]
+    texts = rendered_texts(tokenizer_json, pf.read_row_group(row_group, columns=columns), reasoning)
     counts = np.fromiter((len(fast.encode(t, allowed_special="all")) for t in texts), np.int64, len(texts))
     check = texts[:VERIFY_ROWS]
     for k, enc in enumerate(reference.encode_batch_fast(check, add_special_tokens=False)):
@@ -127,7 +176,8 @@ def count_row_group(tokenizer_json: str, path: str, row_group: int) -> tuple[np.
 
 
 def count_table(paths: list[Path], tokenizer_json: str | Path, chat_template: str | None,
-                workers: int | None = None, min_rows: int | None = None) -> tuple[np.ndarray | None, str]:
+                workers: int | None = None, min_rows: int | None = None,
+                reasoning: str = "keep") -> tuple[np.ndarray | None, str]:
     """(tokens of every row of the Parquet files, in order, how they were counted), or
     (None, why not) when the caller must count with the tokenizer itself."""
     from tasks.train_sft.tokenizer import CHATML_TEMPLATE
@@ -145,7 +195,7 @@ def count_table(paths: list[Path], tokenizer_json: str | Path, chat_template: st
     workers = workers or os.cpu_count() or 1
     ctx = multiprocessing.get_context("spawn")  # no forked copy of a tokenizer's thread pool
     with cf.ProcessPoolExecutor(min(workers, len(units)), mp_context=ctx) as pool:
-        futures = [pool.submit(count_row_group, str(tokenizer_json), p, g) for p, g in units]
+        futures = [pool.submit(count_row_group, str(tokenizer_json), p, g, reasoning) for p, g in units]
         parts = []
         for fut in futures:
             counts, differs = fut.result()

@@ -1,5 +1,5 @@
-"""`tuneline demo` end to end (every step, two trained stages, evaluation), with a second
-process querying the catalog in a loop the whole time."""
+"""`tuneline demo --model tiny` end to end (every step, two trained stages, evaluation), with
+a second process querying the catalog in a loop the whole time."""
 from __future__ import annotations
 
 import json
@@ -56,7 +56,9 @@ def test_demo_end_to_end_while_reading(prefect_server, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     reader = subprocess.Popen([sys.executable, "-c", READER, str(out), str(stop), str(log)], cwd=REPO, env=env)
     try:
-        demo = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--out", str(out)], cwd=REPO, env=env,
+        # The tiny model: the real one's demo is tests/flows/test_real_model.py's territory (and 5 minutes).
+        demo = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--model", "tiny", "--out", str(out)],
+                              cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=900)
     finally:
         stop.touch()

@@ -65,6 +65,43 @@ def test_parallel_counts_equal_the_tokenizer(tmp_path, tokenizer_json, records):
     assert counts.tolist() == count_tokens(tok, [r["messages"] for r in rows])
 
 
+def _tool_rows(records):
+    """Rows that the Arrow ChatML rendering does not cover: offered tools, tool calls and results,
+    reasoning traces, pretraining text."""
+    tools = json.dumps([{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}])
+    call = [{"id": "c1", "name": "add", "arguments": '{"a": 2, "b": 3}'}]
+    convs = [
+        ([{"role": "user", "content": "Add 2 and 3."},
+          {"role": "assistant", "content": "", "tool_calls": call},
+          {"role": "tool", "content": "5", "tool_call_id": "c1", "name": "add"},
+          {"role": "assistant", "content": "It is 5.", "reasoning": "The tool said 5."}], tools),
+        ([{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because.", "reasoning": "Think."}],
+         None),
+        ([{"role": "assistant", "content": "Plain pretraining text, trained on every token."}], None),
+    ]
+    return [{**records[0], "record_id": f"tool{i}", "messages": m, "tools": t, "n_turns": len(m)}
+            for i, (m, t) in enumerate(convs)]
+
+
+@pytest.mark.parametrize("reasoning", ["keep", "drop"])
+def test_parallel_counts_render_tools_reasoning_and_text_as_training_does(tmp_path, tokenizer_json, records,
+                                                                          reasoning):
+    path, tok = tokenizer_json
+    rows = _rows(records)[:30] + _tool_rows(records) + _rows(records)[30:]
+    table = pa.Table.from_pylist(rows, schema=RECORDS)
+    plain = token_count.plain_chat_rows(table.column("messages").combine_chunks(),
+                                        table.column("tools").combine_chunks())
+    assert [r["record_id"] for r, p in zip(rows, plain) if not p] == ["tool0", "tool1", "tool2"]
+    files = _table_files(tmp_path, rows)
+    counts, how = token_count.count_table(files, path, tok.chat_template, workers=2, min_rows=0, reasoning=reasoning)
+    assert counts is not None, how
+    expected = count_tokens(tok, [r["messages"] for r in rows], tools=[r.get("tools") for r in rows],
+                            reasoning=reasoning)
+    assert counts.tolist() == expected
+    # row 31 carries a reasoning trace: dropping it makes the row shorter
+    assert (reasoning == "drop") == (expected[31] < count_tokens(tok, [rows[31]["messages"]], reasoning="keep")[0])
+
+
 def test_a_disagreeing_conversion_falls_back(tmp_path, tokenizer_json, records):
     """A BPE without some of its merges (tokens it can no longer form, tiktoken still can): detected."""
     path, tok = tokenizer_json
