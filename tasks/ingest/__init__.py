@@ -77,7 +77,11 @@ class Reader:
 
     @classmethod
     def read(cls, recipe, source, file: str) -> Iterator[tuple]:
-        raise NotImplementedError
+        """(origin_file, origin_row, native row) of every record of a file; by default the JSON
+        family's (JSON, JSONL, CSV, Parquet, compressed, `hf://`; tasks.ingest.common.iter_records)."""
+        from tasks.ingest.common import iter_records
+
+        return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def columns(cls, source):

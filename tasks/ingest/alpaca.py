@@ -25,7 +25,7 @@ from typing import Iterator
 
 from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize
-from tasks.ingest.common import FieldError, convert_reject, iter_records, make_record, need_str, opt_str, stable_hash
+from tasks.ingest.common import FieldError, convert_reject, make_record, need_str, opt_str, stable_hash
 
 FIELDS = ("instruction", "input", "output", "system", "history", "instances", "reasoning", "id")
 
@@ -81,10 +81,6 @@ def conversation(raw: dict, example: dict) -> tuple[str, list[dict], list[dict]]
 class AlpacaReader(Reader):
     name = "alpaca"
     fields = frozenset(FIELDS)
-
-    @classmethod
-    def read(cls, recipe, source, file: str) -> Iterator[tuple]:
-        return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:

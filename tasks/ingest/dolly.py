@@ -13,7 +13,7 @@ import random
 from typing import Iterator
 
 from tasks.ingest import Reader, register
-from tasks.ingest.common import (FieldError, convert_reject, iter_records, make_record, need_str, opt_str,
+from tasks.ingest.common import (FieldError, convert_reject, make_record, need_str, opt_str,
                                  stable_hash, stable_int)
 from tasks.render import render_dolly
 
@@ -21,10 +21,6 @@ from tasks.render import render_dolly
 @register
 class DollyReader(Reader):
     name = "dolly"
-
-    @classmethod
-    def read(cls, recipe, source, file: str) -> Iterator[tuple]:
-        return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:

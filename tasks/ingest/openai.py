@@ -31,7 +31,7 @@ from typing import Iterator
 
 from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize, text_of, tool_calls_of, tools_of
-from tasks.ingest.common import FieldError, convert_reject, iter_records, make_record, stable_hash
+from tasks.ingest.common import FieldError, convert_reject, make_record, stable_hash
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "tool", "function": "tool"}
@@ -97,10 +97,6 @@ class OpenAIReader(Reader):
     fields = frozenset({"messages", "tools", "functions", "id"})
     turn_fields = frozenset(KNOWN_KEYS - {"reasoning", "thinking"})
     roles = frozenset(ROLES)
-
-    @classmethod
-    def read(cls, recipe, source, file: str) -> Iterator[tuple]:
-        return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:

@@ -29,7 +29,7 @@ from typing import Iterator
 
 from tasks.errors import RecipeError
 from tasks.ingest import Reader, register
-from tasks.ingest.common import (FieldError, canonical_json, convert_reject, data_stem, iter_records, make_record,
+from tasks.ingest.common import (FieldError, canonical_json, convert_reject, data_stem, make_record,
                                  need_str, need_str_list, stable_hash, stable_int)
 from tasks.render import MAX_RENDER_CHARS, RenderError, load_promptsource, render_promptsource
 from tasks.store import file_sha256
@@ -61,10 +61,6 @@ class P3Reader(Reader):
     @classmethod
     def config_inputs(cls, recipe, source) -> dict:
         return PromptsourceReader.config_inputs(recipe, source) if source.templates else {}
-
-    @classmethod
-    def read(cls, recipe, source, file: str) -> Iterator[tuple]:
-        return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:
@@ -142,10 +138,6 @@ class PromptsourceReader(Reader):
     @classmethod
     def config_inputs(cls, recipe, source) -> dict:
         return {"templates_sha256": file_sha256(recipe.resolve(source.templates))}
-
-    @classmethod
-    def read(cls, recipe, source, file: str) -> Iterator[tuple]:
-        return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize, tool_calls_of, tools_of
-from tasks.ingest.common import FieldError, convert_reject, iter_records, make_record, opt_str, stable_hash
+from tasks.ingest.common import FieldError, convert_reject, make_record, opt_str, stable_hash
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "chatgpt": "assistant", "bard": "assistant", "system": "system", "function_call": "call",
@@ -81,10 +81,6 @@ class ShareGPTReader(Reader):
     fields = frozenset({"conversations", "system", "tools", "id"})
     turn_fields = frozenset({"from", "value"})
     roles = frozenset(ROLES)
-
-    @classmethod
-    def read(cls, recipe, source, file: str) -> Iterator[tuple]:
-        return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:

@@ -15,17 +15,13 @@ from __future__ import annotations
 from typing import Iterator
 
 from tasks.ingest import Reader, register
-from tasks.ingest.common import FieldError, convert_reject, iter_records, make_record, need_str, stable_hash
+from tasks.ingest.common import FieldError, convert_reject, make_record, need_str, stable_hash
 
 
 @register
 class TextReader(Reader):
     name = "text"
     fields = frozenset({"text", "id"})
-
-    @classmethod
-    def read(cls, recipe, source, file: str) -> Iterator[tuple]:
-        return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:

@@ -42,7 +42,7 @@ from tasks.config import Recipe, TrainConfig
 from tasks.errors import TunelineError
 from tasks.progress import Progress
 from tasks.train_sft import chat, packing
-from tasks.train_sft.model import ADAPTER_CONFIG, base_model, dtype_for, is_adapter, load_stage, weights_sha256
+from tasks.train_sft.model import ADAPTER_CONFIG, is_adapter, load_stage, weights_sha256
 
 COMPLETE = "COMPLETE"
 LOG_PREFIX = "TRAIN_LOG "
