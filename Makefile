@@ -26,12 +26,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# SmolLM2-135M-Instruct with LoRA, about 5 minutes; `tuneline demo --model tiny` takes about one.
+# SmolLM2-135M-Instruct with LoRA, about 4 minutes; `tuneline demo --model tiny` takes about one.
 demo: $(VENV)/.installed
 	$(BIN)/tuneline demo --out artifacts
 
 # Everything, end-to-end flow, kill/rerun, deployment and multi-stage training tests
-# included (about 6 minutes on 2 idle cores).
+# included (about 10 minutes on 2 idle cores; the real-model test is one).
 test: $(VENV)/.installed
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
