@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tasks.errors import RecipeError
+from tasks.store import file_sha256
 
 CACHE_ENV = "TUNELINE_MODEL_CACHE"
 COMPLETE = "COMPLETE"
@@ -82,8 +83,6 @@ def packaged_file(name: str) -> tuple[Path, str]:
     if entry.hash is not None and entry.hash.mode == "sha256":
         digest = base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4)).hex()
     else:  # no RECORD hash (unusual install): hash the file itself
-        from tasks.store import file_sha256
-
         digest = file_sha256(path)
     return path, digest
 

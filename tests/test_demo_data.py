@@ -4,6 +4,7 @@ import json
 from tasks.config import load_recipe
 from tasks.convert import convert_shard
 from tasks.demo_data import write_demo_data
+from tasks.evaluate.mmlu import mmlu_files, read_mmlu_csv
 from tasks.ingest.run import ingest_file
 from tasks.store import file_sha256
 
@@ -56,8 +57,6 @@ def test_demo_recipe_ingests_and_converts_everything(tmp_path, store):
 
 
 def test_demo_recipe_for_each_model(tmp_path):
-    from tasks.evaluate.mmlu import mmlu_files, read_mmlu_csv
-
     real = load_recipe(write_demo_data(tmp_path / "real", model="smollm2-135m")[-1])
     tiny = load_recipe(write_demo_data(tmp_path / "tiny", model="tiny")[-1])
     assert (real.train.model, real.train.method) == ("smollm2-135m", "lora")

@@ -13,7 +13,8 @@ from tasks.config import Recipe
 from tasks.errors import TunelineError
 from tasks.evaluate import EVAL, comparison_markdown, comparison_rows, evaluate
 from tasks.evaluate.scoring import greedy_generate, only_last_span, score_groups, score_sequences
-from tasks.evaluate.suites import ChoiceItem, Scorer, heldout_loss, rank_classify, reply_content
+from tasks.evaluate.mmlu import MmluItem
+from tasks.evaluate.suites import ChoiceItem, Scorer, heldout_loss, mmlu_suite, rank_classify, reply_content
 from tasks.mix import MIXTURE
 from tasks.schema import RECORDS, record_id
 from tasks.train_sft.chat import encode
@@ -371,9 +372,6 @@ def test_mmlu_suite_in_the_step(world, tmp_path):
 
 
 def test_mmlu_cloze_asks_the_question_alone_and_ranks_the_choice_texts(trained, tokenizer):
-    from tasks.evaluate.mmlu import MmluItem
-    from tasks.evaluate.suites import mmlu_suite
-
     # The module's model learned these questions as plain chat turns: asked the same way, it knows them.
     qs = [MmluItem("f.csv", i + 1, "colors", q, tuple(ch + ["black"]), ch.index(a)) for i, (q, a, ch) in enumerate(QA)]
     res = mmlu_suite(scorer(trained, tokenizer), qs, "cloze")

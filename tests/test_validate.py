@@ -10,9 +10,10 @@ import pytest
 
 from tasks.config import Recipe
 from tasks.errors import GateFailed, RecipeError
+from tasks.model_registry import model_dir
 from tasks.schema import RECORDS, record_id
 from tasks.store import ArtifactStore
-from tasks.validate import SuiteError, check_validate, gate, load_suite, validate
+from tasks.validate import SuiteError, _tokenizer_path, check_validate, gate, load_suite, validate
 
 SUITE = Path(__file__).resolve().parents[1] / "expectations" / "records.json"
 
@@ -431,10 +432,6 @@ def test_report_breaks_down_rejects_per_source_and_task(tmp_path):
 
 
 def test_token_bounds_use_a_named_models_tokenizer(tmp_path):
-    from tasks.config import Recipe
-    from tasks.model_registry import model_dir
-    from tasks.validate import _tokenizer_path
-
     def rc(**train):
         return Recipe.model_validate({"sources": [{"name": "a", "format": "dolly", "path": "x"}], "train": train,
                                       "base_dir": str(tmp_path)})

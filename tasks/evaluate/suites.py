@@ -167,11 +167,12 @@ def rank_classify(sc: Scorer, items: list[ChoiceItem]) -> list[Pick]:
     (`too_long`: the reply would be cut, so the scores would not compare), or when a choice has
     no scored token (`choice_not_scored`)."""
     groups, skipped = [], []
+    special_ids = sc.special_ids
     for it in items:
         seqs, reason = [], None
         for choice in it.choices:
             enc = sc.enc(it.context + [{"role": "assistant", "content": choice}], it.tools)
-            labels = reply_content(enc.labels, sc.special_ids)
+            labels = reply_content(enc.labels, special_ids)
             if not choice.strip():
                 reason = reason or "empty_choice"
             elif enc.truncated:

@@ -30,7 +30,10 @@ validate step fills it (one language detector for all sources).
 """
 from __future__ import annotations
 
-from typing import ClassVar, Iterator
+from typing import Callable, ClassVar, Iterator
+
+from tasks.errors import RecipeError
+from tasks.ingest.common import Columns, FieldError, check_columns, convert_reject, iter_records
 
 READERS: dict[str, "type[Reader]"] = {}
 
@@ -59,16 +62,12 @@ class Reader:
     @classmethod
     def check_source(cls, recipe, source) -> None:
         """Recipe-time checks (options, template files); raise RecipeError. Reads no data rows."""
-        from tasks.errors import RecipeError
-
         allowed = cls.options_allowed | ({"columns"} if cls.fields else set())
         unknown = set(source.options) - allowed
         if unknown:
             raise RecipeError(f"source {source.name!r}: unknown options {sorted(unknown)} for format "
                               f"{source.format!r}; allowed: {sorted(allowed)}")
         if "columns" in source.options:
-            from tasks.ingest.common import check_columns
-
             check_columns(source, cls.fields, cls.turn_fields, cls.roles)
         layout = source.options.get("layout")
         if layout is not None and layout not in ("jsonl", "json", "csv", "parquet", "duckdb"):
@@ -79,15 +78,11 @@ class Reader:
     def read(cls, recipe, source, file: str) -> Iterator[tuple]:
         """(origin_file, origin_row, native row) of every record of a file; by default the JSON
         family's (JSON, JSONL, CSV, Parquet, compressed, `hf://`; tasks.ingest.common.iter_records)."""
-        from tasks.ingest.common import iter_records
-
         return iter_records(file, source.options.get("layout"))
 
     @classmethod
     def columns(cls, source):
         """The source's `columns` mapping (tasks.ingest.common.Columns)."""
-        from tasks.ingest.common import Columns
-
         return Columns(source.options.get("columns"), cls.turn_fields)
 
     @classmethod
@@ -97,6 +92,21 @@ class Reader:
     @classmethod
     def convert(cls, recipe, source, rows: list[tuple], pool=None) -> Iterator[dict]:
         raise NotImplementedError
+
+    @classmethod
+    def convert_each(cls, source, rows: list[tuple], build: Callable[..., list[dict]]) -> Iterator[dict]:
+        """`convert` for readers that map each native row on its own: `build(raw, cols, origin_file,
+        origin_row, native)` gets the row after the `columns` mapping (`cols`) and returns its
+        record (or reject) dicts; a FieldError it raises makes the whole row a `convert` reject."""
+        cols = cls.columns(source)
+        for origin_file, origin_row, native in rows:
+            raw = cols.row(native)
+            try:
+                out = build(raw, cols, origin_file, origin_row, native)
+            except FieldError as e:
+                yield convert_reject(source.name, origin_file, origin_row, e.reason, e.detail, native)
+                continue
+            yield from out
 
     @classmethod
     def config_inputs(cls, recipe, source) -> dict:

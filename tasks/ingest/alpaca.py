@@ -84,16 +84,11 @@ class AlpacaReader(Reader):
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:
-        cols = cls.columns(source)
-        for origin_file, origin_row, native in rows:
-            raw = cols.row(native)
-            try:
-                examples = _examples(raw)
-            except FieldError as e:
-                yield convert_reject(source.name, origin_file, origin_row, e.reason, e.detail, native)
-                continue
-            for idx, example in examples:
-                yield cls._one(source, origin_file, origin_row, native, raw, idx, example)
+        def build(raw, cols, origin_file, origin_row, native) -> list[dict]:
+            return [cls._one(source, origin_file, origin_row, native, raw, idx, example)
+                    for idx, example in _examples(raw)]
+
+        return cls.convert_each(source, rows, build)
 
     @classmethod
     def _one(cls, source, origin_file, origin_row, native, raw, idx, example) -> dict:

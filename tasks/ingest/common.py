@@ -26,6 +26,9 @@ import re
 from pathlib import Path
 from typing import IO, Iterator
 
+from tasks.errors import RecipeError
+from tasks.schema import record_id, reject_row, turn_text
+
 try:  # orjson is a Prefect dependency; json is the fallback
     import orjson
 
@@ -443,8 +446,6 @@ class Columns:
 
 def check_columns(source, fields: frozenset, turn_fields: frozenset, roles: frozenset) -> None:
     """Recipe-time check of a `columns` option: known reader fields, string names, known roles."""
-    from tasks.errors import RecipeError
-
     spec = source.options.get("columns")
     where = f"source {source.name!r}: options.columns"
     if not isinstance(spec, dict):
@@ -483,7 +484,6 @@ def make_record(
 
     A message holds `role`, `content` and only the MESSAGE extras it has (Arrow writes the
     absent ones as null). `tools` (the schemas offered) is stored as canonical JSON, None when empty."""
-    from tasks.schema import record_id, turn_text
 
     tools_json = canonical_json(tools) if tools else None
     return {
@@ -506,7 +506,6 @@ def make_record(
 
 def convert_reject(source: str, origin_file: str, origin_row: int, reason: str, detail: str, raw) -> dict:
     """A `rejects` row of the convert step."""
-    from tasks.schema import reject_row
 
     raw_text = raw if isinstance(raw, str) else dumps_lenient(raw)
     return reject_row("convert", reason, source=source, origin_file=origin_file, origin_row=origin_row,

@@ -31,7 +31,7 @@ from typing import Iterator
 
 from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize, text_of, tool_calls_of, tools_of
-from tasks.ingest.common import FieldError, convert_reject, make_record, stable_hash
+from tasks.ingest.common import FieldError, make_record, stable_hash
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "tool", "function": "tool"}
@@ -100,17 +100,13 @@ class OpenAIReader(Reader):
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:
-        cols = cls.columns(source)
-        for origin_file, origin_row, native in rows:
-            raw = cols.row(native)
-            try:
-                msgs, note = _conversation(raw)
-                messages, repairs = normalize([_turn(i, m, cols) for i, m in enumerate(msgs)])
-                tools = tools_of(raw.get("tools"), "tools") + tools_of(raw.get("functions"), "functions")
-            except FieldError as e:
-                yield convert_reject(source.name, origin_file, origin_row, e.reason, e.detail, native)
-                continue
-            yield cls._record(source, origin_file, origin_row, raw, msgs, messages, repairs, tools, note)
+        def build(raw, cols, origin_file, origin_row, native) -> list[dict]:
+            msgs, note = _conversation(raw)
+            messages, repairs = normalize([_turn(i, m, cols) for i, m in enumerate(msgs)])
+            tools = tools_of(raw.get("tools"), "tools") + tools_of(raw.get("functions"), "functions")
+            return [cls._record(source, origin_file, origin_row, raw, msgs, messages, repairs, tools, note)]
+
+        return cls.convert_each(source, rows, build)
 
     @classmethod
     def _record(cls, source, origin_file, origin_row, raw, msgs, messages, repairs, tools, note) -> dict:

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize, tool_calls_of, tools_of
-from tasks.ingest.common import FieldError, convert_reject, make_record, opt_str, stable_hash
+from tasks.ingest.common import FieldError, make_record, opt_str, stable_hash
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "chatgpt": "assistant", "bard": "assistant", "system": "system", "function_call": "call",
@@ -84,20 +84,16 @@ class ShareGPTReader(Reader):
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:
-        cols = cls.columns(source)
-        for origin_file, origin_row, native in rows:
-            raw = cols.row(native)
-            try:
-                messages, repairs = normalize(_turns(raw, cols))
-                tools = tools_of(raw.get("tools"))
-            except FieldError as e:
-                yield convert_reject(source.name, origin_file, origin_row, e.reason, e.detail, native)
-                continue
+        def build(raw, cols, origin_file, origin_row, native) -> list[dict]:
+            messages, repairs = normalize(_turns(raw, cols))
+            tools = tools_of(raw.get("tools"))
             native_id = raw.get("id")
             example_id = str(native_id) if native_id not in (None, "") else stable_hash(raw["conversations"])[:20]
             meta = {k: v for k, v in raw.items() if k not in ("conversations", "system", "tools")}
             if repairs:
                 meta["repairs"] = repairs
-            yield make_record(source=source.name, task=source.task or "conversation", template_id="",
-                              example_id=example_id, messages=messages, origin_file=origin_file,
-                              origin_row=origin_row, meta=meta, tools=tools)
+            return [make_record(source=source.name, task=source.task or "conversation", template_id="",
+                                example_id=example_id, messages=messages, origin_file=origin_file,
+                                origin_row=origin_row, meta=meta, tools=tools)]
+
+        return cls.convert_each(source, rows, build)

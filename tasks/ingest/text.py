@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from tasks.ingest import Reader, register
-from tasks.ingest.common import FieldError, convert_reject, make_record, need_str, stable_hash
+from tasks.ingest.common import make_record, need_str, stable_hash
 
 
 @register
@@ -25,18 +25,14 @@ class TextReader(Reader):
 
     @classmethod
     def convert(cls, recipe, source, rows, pool=None) -> Iterator[dict]:
-        cols = cls.columns(source)
-        for origin_file, origin_row, native in rows:
-            raw = cols.row(native)
-            try:
-                text = need_str(raw, "text", allow_empty=False)
-            except FieldError as e:
-                yield convert_reject(source.name, origin_file, origin_row, e.reason, e.detail, native)
-                continue
+        def build(raw, cols, origin_file, origin_row, native) -> list[dict]:
+            text = need_str(raw, "text", allow_empty=False)
             native_id = raw.get("id")
-            yield make_record(
+            return [make_record(
                 source=source.name, task=source.task or "text", template_id="text",
                 example_id=str(native_id) if native_id not in (None, "") else stable_hash(text)[:20],
                 messages=[{"role": "assistant", "content": text}], origin_file=origin_file, origin_row=origin_row,
                 meta={k: v for k, v in raw.items() if k not in ("text", "id")},
-            )
+            )]
+
+        return cls.convert_each(source, rows, build)

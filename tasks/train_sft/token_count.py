@@ -32,6 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.train_sft import chat
+
 #: GPT-2's pre-tokenizer pattern, the one `pre_tokenizers.ByteLevel(use_regex=True)` applies.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 #: Conversations per row group also encoded by the tokenizer itself, to check the counts.
@@ -125,9 +127,11 @@ def plain_chat_rows(messages: pa.Array, tools: pa.Array | None) -> np.ndarray:
                           minlength=n) > 0
     lengths = pc.list_value_length(messages).fill_null(0).to_numpy(zero_copy_only=False)
     starts = pc.subtract(messages.offsets, messages.offsets[0]).to_numpy()[:-1]
-    roles = np.asarray(flat.field("role").fill_null("").to_pylist() if len(flat) else [], dtype=object)
-    text = (lengths == 1) & np.array([roles[i] == "assistant" if k == 1 else False for i, k in zip(starts, lengths)],
-                                     dtype=bool)
+    text = np.zeros(n, bool)  # a lone assistant turn
+    lone = np.flatnonzero(lengths == 1)
+    if len(lone):
+        roles = flat.field("role").take(pa.array(starts[lone]))
+        text[lone] = pc.fill_null(pc.equal(roles, "assistant"), False).to_numpy(zero_copy_only=False)
     offered = np.zeros(n, bool) if tools is None else pc.and_(
         pc.is_valid(tools), pc.invert(pc.is_in(tools, pa.array(["", "[]", "null"])))).to_numpy(zero_copy_only=False)
     return ~(special | text | offered)
@@ -143,8 +147,6 @@ def _chat_tokenizer(directory: str):
 def rendered_texts(tokenizer_json: str, table: pa.Table, reasoning: str) -> list[str]:
     """Each row's conversation as training renders it: plain chats in Arrow (`chatml_texts`),
     rows with tools, reasoning, tool calls or pretraining text by `chat.render_batch`."""
-    from tasks.train_sft import chat
-
     messages = table.column("messages").combine_chunks()
     tools = table.column("tools").combine_chunks() if "tools" in table.column_names else None
     texts = chatml_texts(messages)
