@@ -35,9 +35,9 @@ from tasks.config import TrainConfig  # noqa: E402
 from tasks.evaluate.mmlu import LETTERS, cloze_prompt, mmlu_prompt, read_mmlu_csv  # noqa: E402
 from tasks.evaluate.scoring import greedy_generate, score_groups, score_sequences  # noqa: E402
 from tasks.evaluate.suites import Scorer, mmlu_suite, reply_content  # noqa: E402
+from tasks.model import load_pretrained  # noqa: E402
 from tasks.model_registry import resolve_model  # noqa: E402
-from tasks.train_sft.chat import encode  # noqa: E402
-from tasks.train_sft.model import load_pretrained  # noqa: E402
+from tasks.tokens.chat import encode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MMLU = str(REPO.parent / "shared" / "data" / "real" / "eval" / "mmlu_dev" / "*.csv")

@@ -179,13 +179,13 @@ def _bytes(root: Path, manifests: list[dict]) -> int:
 
 def run_steps(data: Path, out: Path, workers: int) -> list[dict]:
     """Every data step through the same functions the Prefect tasks call; one row per step."""
-    from tasks.config import load_recipe
     from tasks.convert import convert_shard
     from tasks.dedup import dedup, signatures
     from tasks.ingest.run import ingest_file
     from tasks.mix import mix
+    from tasks.recipe import load_recipe
     from tasks.split import split
-    from tasks.train_sft.tokenizer import build_tokenizer
+    from tasks.tokens.tokenizer import build_tokenizer
     from tasks.validate import validate
 
     recipe = load_recipe(data / "recipe.yaml")

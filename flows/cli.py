@@ -57,7 +57,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from tasks.config import load_recipe
+    from tasks.recipe import load_recipe
 
     load_recipe(args.recipe)  # fail on a bad recipe before Prefect starts
     _run(args.recipe, args.out, args.until)

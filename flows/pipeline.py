@@ -14,13 +14,24 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from flows.tasks import (
-    convert_task, dedup_task, evaluate_task, gate_task, ingest_task, mix_task, publish_task, report_task,
-    signatures_task, split_task, tokenizer_task, train_task, validate_task,
-)
 from flows.steps import DATA_STEPS, STEPS
-from tasks.config import load_recipe
+from flows.tasks import (
+    convert_task,
+    dedup_task,
+    evaluate_task,
+    gate_task,
+    ingest_task,
+    mix_task,
+    publish_task,
+    report_task,
+    signatures_task,
+    split_task,
+    tokenizer_task,
+    train_task,
+    validate_task,
+)
 from tasks.errors import TunelineError
+from tasks.recipe import load_recipe
 from tasks.store import ArtifactStore
 
 

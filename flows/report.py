@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import time
 
-from tasks import plots
+from tasks import catalog, plots
 from tasks.step import logger
 from tasks.store import ArtifactStore, RunLog, atomic_write_bytes
 
@@ -36,7 +36,7 @@ def step_rows(step: str, manifests: list[dict]) -> list[dict]:
 def publish(root: str, run_id: str, recipe_path: str, step: str, manifests: list[dict]) -> None:
     store = ArtifactStore(root)
     rows = step_rows(step, manifests)
-    store.publish_step(RunLog(store, run_id, recipe_path), step, manifests, rows)
+    catalog.publish_step(store, RunLog(store, run_id, recipe_path), step, manifests, rows)
     _prefect_table(step, rows, store)
     figure = None
     if step == "evaluate":

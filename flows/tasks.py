@@ -66,7 +66,7 @@ def gate_task(validate_manifest: dict) -> None:
 
 @task(name="tokenizer", task_run_name="tokenizer", **_opts)
 def tokenizer_task(root: str, recipe: dict, validate_manifest: dict) -> dict:
-    from tasks.train_sft.tokenizer import build_tokenizer
+    from tasks.tokens.tokenizer import build_tokenizer
 
     return build_tokenizer(root, recipe, validate_manifest)
 

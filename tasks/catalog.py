@@ -18,14 +18,12 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import duckdb
 
 from tasks.errors import TunelineError
-
-if TYPE_CHECKING:
-    from tasks.store import ArtifactStore
+from tasks.store import ArtifactStore, RunLog
 
 _READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
@@ -132,8 +130,6 @@ def catalog_format(path: Path) -> int | None:
 def _ensure_current(root: Path) -> Path:
     """The catalog path, rebuilt first when it is missing (but steps are published) or of
     another format (absolute paths into a directory that may have moved)."""
-    from tasks.store import ArtifactStore
-
     path = root / CATALOG
     if path.exists() and catalog_format(path) == FORMAT:
         return path
@@ -239,3 +235,12 @@ def render_table(cols: list[str], rows: list[tuple], max_width: int = 60) -> str
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cols), sep] + [line(r) for r in body] + [f"({len(rows)} rows)"])
+
+
+def publish_step(store: ArtifactStore, run: RunLog, step: str, manifests: list[dict], rows: list[dict]) -> None:
+    """Record a finished step of a run, point `latest` at it and rebuild the catalog, under
+    the store's lock (a step is visible in DuckDB as soon as it is published)."""
+    with store.lock():
+        store.set_latest(step, manifests)
+        run.append(rows)
+        rebuild(store)

@@ -1,4 +1,5 @@
-"""Typed, frozen recipe configuration. YAML exists only at this edge (`load_recipe`).
+"""Typed, frozen recipe configuration. YAML exists only at the edge, `tasks.recipe.load_recipe`,
+which also runs the checks each step owns.
 
 Every section rejects unknown keys, so a typo is an error before anything runs.
 Each step owns its section class here; defaults are documented on the fields.
@@ -9,8 +10,7 @@ import glob
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.errors import RecipeError
 from tasks.store import safe_name
@@ -200,7 +200,7 @@ class TrainConfig(Section):
     max_seq_len: int = 512
     truncation: Literal["truncate", "drop"] = "truncate"
     # what the model learns of reasoning traces: every one, none, or only the last assistant turn's
-    # (tasks.train_sft.chat.apply_reasoning; the label audit checks it)
+    # (tasks.tokens.chat.apply_reasoning; the label audit checks it)
     reasoning: Literal["keep", "drop", "last_turn"] = "keep"
     packing: bool = True
     epochs: float = 1.0
@@ -298,52 +298,8 @@ class Recipe(Section):
         return files
 
 
-def _format_validation_error(file: str, exc: ValidationError) -> str:
-    lines = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return f"{file}: invalid recipe\n" + "\n".join(lines)
-
-
-def parse_recipe(data: dict, base_dir: str | Path = ".", file: str = "<recipe>") -> Recipe:
-    if not isinstance(data, dict):
-        raise RecipeError(f"{file}: a recipe is a YAML mapping with a `sources` list")
-    try:
-        recipe = Recipe.model_validate({**data, "base_dir": str(Path(base_dir).resolve())})
-    except ValidationError as exc:
-        raise RecipeError(_format_validation_error(file, exc)) from None
-    check_recipe(recipe, file)
-    return recipe
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    """Read, validate and check a recipe: unknown keys, formats or missing files fail here."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecipeError(f"recipe not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    return parse_recipe(data, path.parent, str(path))
-
-
-def check_recipe(recipe: Recipe, file: str = "<recipe>") -> None:
-    """Checks that need the registries or the file system; all before any data is read."""
-    from tasks.ingest import READERS
-
-    for s in recipe.sources:
-        if s.format not in READERS:
-            raise RecipeError(f"{file}: source {s.name!r}: unknown format {s.format!r}; known: {sorted(READERS)}")
-        recipe.source_files(s)
-        if s.templates is not None and not Path(recipe.resolve(s.templates)).is_file():
-            raise RecipeError(f"{file}: source {s.name!r}: templates file not found: {s.templates}")
-        READERS[s.format].check_source(recipe, s)
-
-    from tasks.mix import check_stages
-    from tasks.validate import check_validate
-
-    check_stages(recipe, file)
-    check_validate(recipe, file)
+def as_recipe(recipe: "Recipe | dict") -> "Recipe":
+    """The typed recipe a step works with. The flows pass the `Recipe` parsed once by
+    `tasks.recipe.load_recipe`; plain data (a stage config read by the training subprocess,
+    a test's dict) is validated here, the one place that converts."""
+    return recipe if isinstance(recipe, Recipe) else Recipe.model_validate(recipe)

@@ -14,10 +14,10 @@ InputError(file, row, reason) and nothing is published.
 """
 from __future__ import annotations
 
+from tasks.config import as_recipe
 from tasks.errors import InputError
 from tasks.ingest import POOL_ROWS, READERS
 from tasks.ingest.common import loads
-from tasks.ingest.run import as_recipe
 from tasks.schema import RECORDS, REJECTS
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore

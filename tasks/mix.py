@@ -58,10 +58,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from tasks.config import Recipe, StageConfig
+from tasks.config import Recipe, StageConfig, as_recipe
 from tasks.errors import GateFailed, RecipeError, TunelineError
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore
+from tasks.tokens.chat import count_tokens
+from tasks.tokens.count import count_table as token_count_table
+from tasks.tokens.tokenizer import load_tokenizer, tokenizer_dir
 
 STEP = "mix"
 VERSION = 2  # 2: mixture_unselected
@@ -128,7 +131,7 @@ def stage_sources(stage: StageConfig, recipe: Recipe) -> list[str]:
 def check_stages(recipe: Recipe | dict, file: str = "<recipe>") -> None:
     """Reject impossible stage specs before any data is read (called from config.check_recipe)."""
     if isinstance(recipe, dict):
-        recipe = Recipe.model_validate(recipe)
+        recipe = as_recipe(recipe)
     known = [s.name for s in recipe.sources]
     seen: list[str] = []
     for stage in recipe.stages:
@@ -222,13 +225,9 @@ def count_pool_tokens(store: ArtifactStore, validate_manifest: dict, root: str, 
                       reasoning: str = "keep") -> tuple[np.ndarray | None, TokenCounter | None, str]:
     """Tokens per conversation with the pipeline's tokenizer and chat format:
     (counts of every `records_valid` row in table order, None, how) from the parallel
-    counter (tasks.train_sft.token_count), or (None, a per-batch counter, why not)."""
-    from tasks.train_sft import token_count
-    from tasks.train_sft.chat import count_tokens
-    from tasks.train_sft.tokenizer import load_tokenizer, tokenizer_dir
-
+    counter (tasks.tokens.count), or (None, a per-batch counter, why not)."""
     tokenizer = load_tokenizer(root, tokenizer_manifest)
-    counts, how = token_count.count_table(store.paths(validate_manifest, "records_valid"),
+    counts, how = token_count_table(store.paths(validate_manifest, "records_valid"),
                                           tokenizer_dir(root, tokenizer_manifest) / "tokenizer.json",
                                           tokenizer.chat_template, reasoning=reasoning)
     if counts is not None:
@@ -718,7 +717,7 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
     `count_tokens` overrides the pipeline's tokenizer (tests); by default tokens are counted
     with the tokenizer of `tokenizer_manifest` (see `count_pool_tokens`).
     """
-    rcp = Recipe.model_validate(recipe)
+    rcp = as_recipe(recipe)
     check_stages(rcp)
     store = ArtifactStore(root)
     inputs = {

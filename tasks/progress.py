@@ -17,6 +17,8 @@ import time
 from datetime import timedelta
 from typing import Callable
 
+from tasks.log import logger
+
 
 def on_terminal() -> bool:
     """Draw bars: an interactive terminal, in the process that owns it, outside Prefect workers."""
@@ -116,6 +118,4 @@ class Progress:
 
 
 def _log(message: str) -> None:
-    from tasks.step import logger
-
     logger().info(message)

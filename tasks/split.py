@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from tasks.config import Recipe, SplitConfig
+from tasks.config import SplitConfig, as_recipe
 from tasks.dedup import survivors
 from tasks.schema import RECORDS, REJECTS
 from tasks.step import Progress, input_ref, logger, run_step
@@ -140,7 +140,7 @@ def _markdown(counts: dict[tuple[str, str], list[int]]) -> str:
 
 def split(root: str, recipe: dict, dedup_manifest: dict) -> dict:
     """Step `split`: the records dedup kept -> `records_train` + `records_eval` (+ an empty `rejects`)."""
-    cfg = Recipe.model_validate(recipe).split
+    cfg = as_recipe(recipe).split
     store = ArtifactStore(root)
 
     def body(writer) -> None:

@@ -8,34 +8,16 @@ runs the body and publishes atomically.
 """
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from tasks.errors import TooManyRejects
+from tasks.log import logger
 from tasks.progress import Progress
 from tasks.store import ArtifactStore, StepWriter, step_key
 
-log = logging.getLogger("tuneline")
 __all__ = ["Progress", "input_ref", "logger", "run_step", "top_reasons"]  # Progress: tasks/progress.py
-
-
-def logger():
-    """Prefect's run logger inside a run (so lines show in the UI), else the std logger."""
-    if "prefect" not in sys.modules:  # plain function calls: do not pay Prefect's import
-        return log
-    try:
-        from prefect import get_run_logger
-        from prefect.context import MissingContextError
-
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            return log
-    except ImportError:
-        return log
 
 
 def input_ref(manifest: dict) -> dict:

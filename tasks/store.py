@@ -420,16 +420,11 @@ class ArtifactStore:
                 out.append(m)
         return out
 
-    def publish_step(self, run: "RunLog", step: str, manifests: list[dict], rows: list[dict]) -> None:
-        """Record a finished step of a run, point `latest` at it and rebuild the catalog."""
-        from tasks import catalog
-
-        with self.lock():
-            latest = self.latest()
-            latest[step] = [m["dir"] for m in manifests]
-            atomic_write_json(self.root / "latest.json", latest)
-            run.append(rows)
-            catalog.rebuild(self)
+    def set_latest(self, step: str, manifests: list[dict]) -> None:
+        """Point `latest.json` at a finished step's manifests (call under `lock()`)."""
+        latest = self.latest()
+        latest[step] = [m["dir"] for m in manifests]
+        atomic_write_json(self.root / "latest.json", latest)
 
 
 class RunLog:

@@ -73,11 +73,11 @@ import pyarrow.parquet as pq
 
 from tasks import decontam
 from tasks.answers import choice_index
-from tasks.config import Recipe, ValidateConfig
+from tasks.config import Recipe, ValidateConfig, as_recipe
 from tasks.errors import GateFailed, RecipeError
 from tasks.langid import languages_later
 from tasks.model_registry import is_named, resolve_model
-from tasks.schema import RECORDS, REJECTS, RAW_PREFIX_CHARS, turn_text_expr
+from tasks.schema import RAW_PREFIX_CHARS, RECORDS, REJECTS, turn_text_expr
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
 
@@ -589,7 +589,7 @@ def _benchmark_hashes(recipe: Recipe) -> dict:
 
 def validate(root: str, recipe: dict, split_manifest: dict) -> dict:
     """Run the suite and decontamination over `records_train`; see the module docstring."""
-    recipe = Recipe.model_validate(recipe)
+    recipe = as_recipe(recipe)
     cfg = recipe.validate_cfg
     suite = load_suite(suite_path(recipe))  # before any data is read
     decontam.check_benchmarks(recipe)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from tasks.answers import choice_index, final_answer, is_bare_label, parse_answer, same_answer
-from tasks.config import parse_recipe
 from tasks.evaluate.metrics import exact_match
 from tasks.ingest import READERS
 from tasks.ingest.flan import FlanCotReader
+from tasks.recipe import parse_recipe
 from tasks.render import COT_TEMPLATES, render_cot
 from tasks.validate import targets_in_choices
 

@@ -25,7 +25,7 @@ def _publish(store, n, run_id="r1", step="s"):
         w.stats.update(rows_in=n, rows_out=n)
 
     m = run_step(store, step, 1, [n], {}, f"n={n}", body)
-    store.publish_step(RunLog(store, run_id, "r.yaml"), step, [m], [{"step": step, "rows_out": n}])
+    catalog.publish_step(store, RunLog(store, run_id, "r.yaml"), step, [m], [{"step": step, "rows_out": n}])
     return m
 
 
@@ -92,7 +92,7 @@ def test_eval_view_names_the_run_that_published_it(store):
 
     m = run_step(store, "evaluate", 1, [], {}, "base", body)
     for run_id, at in (("r1", "2026-01-01T00:00:00Z"), ("r2", "2026-01-02T00:00:00Z")):
-        store.publish_step(RunLog(store, run_id, "r.yaml"), "evaluate", [m],
+        catalog.publish_step(store, RunLog(store, run_id, "r.yaml"), "evaluate", [m],
                            [{"step": "evaluate", "dir": m["dir"], "finished_at": at}])
     assert catalog.query(store.root, "select run_id, stage, value from eval", "json") == json.dumps(
         [{"run_id": "r2", "stage": "base", "value": 1.5}], indent=1)
@@ -112,7 +112,7 @@ def _publish_convert(store, shards: list[list[str]]):
             w.stats.update(rows_in=len(ids), rows_out=len(ids))
 
         manifests.append(run_step(store, "convert", 1, [i, ids], {}, f"s#{i:03d}:f{i}.jsonl", body))
-    store.publish_step(RunLog(store, "r1", "r.yaml"), "convert", manifests, [{"step": "convert"}])
+    catalog.publish_step(store, RunLog(store, "r1", "r.yaml"), "convert", manifests, [{"step": "convert"}])
 
 
 def _cli(db: Path, sql: str, cwd: Path) -> subprocess.CompletedProcess:

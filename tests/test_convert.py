@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from tasks.config import parse_recipe
 from tasks.convert import convert_shard
 from tasks.errors import InputError
 from tasks.ingest.run import ingest_file
+from tasks.recipe import parse_recipe
 from tasks.store import file_sha256
 
 YAML = """dataset: toy

@@ -1,11 +1,11 @@
 """Demo data: every native format, ingested and converted with every row accounted for."""
 import json
 
-from tasks.config import load_recipe
 from tasks.convert import convert_shard
 from tasks.demo_data import write_demo_data
 from tasks.evaluate.mmlu import mmlu_files, read_mmlu_csv
 from tasks.ingest.run import ingest_file
+from tasks.recipe import load_recipe
 from tasks.store import file_sha256
 
 

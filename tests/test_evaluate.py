@@ -9,17 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tasks import catalog
 from tasks.config import Recipe
 from tasks.errors import TunelineError
 from tasks.evaluate import EVAL, comparison_markdown, comparison_rows, evaluate
-from tasks.evaluate.scoring import greedy_generate, only_last_span, score_groups, score_sequences
 from tasks.evaluate.mmlu import MmluItem
+from tasks.evaluate.scoring import greedy_generate, only_last_span, score_groups, score_sequences
 from tasks.evaluate.suites import ChoiceItem, Scorer, heldout_loss, mmlu_suite, rank_classify, reply_content
 from tasks.mix import MIXTURE
+from tasks.model import build_tiny
 from tasks.schema import RECORDS, record_id
-from tasks.train_sft.chat import encode
-from tasks.train_sft.model import build_tiny
-from tasks.train_sft.tokenizer import train_bpe
+from tasks.tokens.chat import encode
+from tasks.tokens.tokenizer import train_bpe
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
         "num_key_value_heads": 2}
@@ -350,8 +351,8 @@ def test_evaluate_step_tables_comparison_and_determinism(world, tmp_path):
     from tasks.store import RunLog
 
     run = RunLog(store, "r1", "recipe.yaml")
-    store.publish_step(run, "mix", [world[3]], [])
-    store.publish_step(run, "evaluate", manifests, [])
+    catalog.publish_step(store, run, "mix", [world[3]], [])
+    catalog.publish_step(store, run, "evaluate", manifests, [])
     assert catalog_comparison_rows(str(store.root)) == cmp
     assert "generation" in query(store.root, "SELECT DISTINCT suite FROM eval ORDER BY 1", "csv")
     assert "blue" in query(store.root, "SELECT generation FROM generations WHERE stage = 'dialog'", "csv")
@@ -393,10 +394,10 @@ def test_finished_run_inputs_finds_the_latest_artifacts(world, tmp_path):
         finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
     run = RunLog(store, "r2", "recipe.yaml")
     for step, ms in [("split", [split]), ("mix", [mix]), ("train", [stages["nlp"]])]:
-        store.publish_step(run, step, ms, [])
+        catalog.publish_step(store, run, step, ms, [])
     with pytest.raises(TunelineError, match=r"stages \['dialog'\] have no published training run"):
         finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
-    store.publish_step(run, "train", [stages["nlp"], stages["dialog"]], [])
+    catalog.publish_step(store, run, "train", [stages["nlp"], stages["dialog"]], [])
     prepared, models = finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
     assert prepared["split"]["key"] == split["key"] and prepared["mix"]["key"] == mix["key"]
     assert prepared["tokenizer"]["key"] == tok["key"]  # found through the mix manifest's inputs

@@ -9,16 +9,16 @@ import json
 from collections import Counter, defaultdict
 
 import pytest
-
 from dedup_fixtures import deduplicated
+
 from tasks import catalog
 from tasks.errors import GateFailed, RecipeError, TunelineError
 from tasks.mix import check_stages, mix, read_stage
 from tasks.schema import RECORDS, record_id
 from tasks.split import split
 from tasks.store import ArtifactStore, RunLog
-from tasks.train_sft.chat import count_tokens
-from tasks.train_sft.tokenizer import build_tokenizer, load_tokenizer
+from tasks.tokens.chat import count_tokens
+from tasks.tokens.tokenizer import build_tokenizer, load_tokenizer
 
 NAMES = ("flan", "flan_cot", "p3", "dolly", "sharegpt")
 SOURCES = [{"name": n, "format": "dolly", "path": "x"} for n in NAMES]
@@ -312,7 +312,7 @@ def test_report_catalog_and_real_tokenizer(tmp_path):
     md = m["stats"]["report_markdown"]
     assert "`chat`" in md and "replay:nlp" in md and "target share" in md
 
-    store.publish_step(RunLog(store, "r1", "recipe.yaml"), "mix", [m], [])
+    catalog.publish_step(store, RunLog(store, "r1", "recipe.yaml"), "mix", [m], [])
     out = catalog.query(store.root, "select stage, source, count(*) n, sum(n_tokens) t from mixture "
                         "group by all order by all", fmt="json")
     counts = {(r["stage"], r["source"]): r["n"] for r in json.loads(out)}
@@ -329,7 +329,7 @@ def test_report_catalog_and_real_tokenizer(tmp_path):
 @pytest.mark.parametrize("parallel_min", [0, 10**9])
 def test_token_counts_in_parallel_or_in_process_are_the_tokenizers(tmp_path, monkeypatch, parallel_min):
     """Large pools are counted by tiktoken worker processes; the counts are the same either way."""
-    from tasks.train_sft import token_count
+    from tasks.tokens import count as token_count
 
     monkeypatch.setattr(token_count, "PARALLEL_MIN", parallel_min)
     store, vm, sm = setup(tmp_path)

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_training_and_evaluation_import_without_prefect():
     code = ("import sys; sys.modules['prefect'] = None\n"  # any `import prefect` now raises
-            "import tasks.train_sft.recipe, tasks.train_sft.launch, tasks.train_sft.model, tasks.evaluate.run\n"
+            "import tasks.train_sft.loop, tasks.train_sft.launch, tasks.model, tasks.evaluate.run\n"
             "import benchmarks.train\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

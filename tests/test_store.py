@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tasks import catalog
 from tasks import store as store_mod
 from tasks.errors import TooManyRejects, TunelineError
 from tasks.step import run_step
@@ -181,11 +182,9 @@ def test_symlinked_step_dir_escaping_root_is_not_followed(store, tmp_path):
 
 
 def test_publish_updates_latest_runs_and_catalog(store):
-    from tasks import catalog
-
     m = run_step(store, "s", 1, [], {}, "l", _body(4))
     run = RunLog(store, "run-1", "r.yaml")
-    store.publish_step(run, "s", [m], [{"step": "s", "rows_out": 4}])
+    catalog.publish_step(store, run, "s", [m], [{"step": "s", "rows_out": 4}])
     con = catalog.connect(store.root)
     assert con.execute("select count(*) from things").fetchone() == (4,)
     assert con.execute("select run_id, step from runs").fetchall() == [("run-1", "s")]

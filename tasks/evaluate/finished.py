@@ -1,8 +1,8 @@
 """`tuneline evaluate RECIPE.yaml`: find the artifacts of the latest finished run to evaluate."""
 from __future__ import annotations
 
-from tasks.config import load_recipe
 from tasks.errors import TunelineError
+from tasks.recipe import load_recipe
 from tasks.store import ArtifactStore
 
 

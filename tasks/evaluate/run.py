@@ -10,16 +10,24 @@ import duckdb
 import pyarrow as pa
 import torch
 
-from tasks.config import Recipe
+from tasks.config import Recipe, as_recipe
 from tasks.errors import RecipeError
 from tasks.evaluate.mmlu import mmlu_files, read_mmlu_csv
-from tasks.evaluate.scoring import resolve_device
 from tasks.evaluate.suites import (
-    STEP, Scorer, SuiteResult, generation_suite, heldout_choices, heldout_loss, mmlu_suite, model_context,
+    STEP,
+    Scorer,
+    SuiteResult,
+    generation_suite,
+    heldout_choices,
+    heldout_loss,
+    mmlu_suite,
+    model_context,
 )
+from tasks.model import load_for_inference, resolve_device
 from tasks.schema import REJECTS
 from tasks.step import input_ref, logger, run_step
 from tasks.store import ArtifactStore, file_sha256
+from tasks.tokens.chat import encode
 
 VERSION = 1
 
@@ -126,7 +134,7 @@ def evaluate_loaded(sc: Scorer, records: list[dict], questions: list, cfg) -> Su
 def evaluate(root: str, recipe: dict, stage: str, model_manifest: dict | None, split_manifest: dict,
              mix_manifest: dict, tokenizer_manifest: dict) -> dict:
     """Evaluate the base model (`model_manifest=None`) or a trained stage; returns the step manifest."""
-    rc = Recipe.model_validate(recipe)
+    rc = as_recipe(recipe)
     cfg = rc.evaluate
     store = ArtifactStore(root)
     index = stage_index(rc, stage)
@@ -145,9 +153,6 @@ def evaluate(root: str, recipe: dict, stage: str, model_manifest: dict | None, s
               "truncation": rc.train.truncation, "reasoning": rc.train.reasoning, "device": device}
 
     def body(writer) -> None:
-        from tasks.train_sft.chat import encode
-        from tasks.train_sft.model import load_for_inference
-
         model, tokenizer = load_for_inference(root, recipe, tokenizer_manifest, model_manifest, device)
         model_hash = model_manifest["key"] if model_manifest else weights_hash(model)
         records, total = load_heldout(store, split_manifest, cfg.max_rows_per_task)

@@ -1,7 +1,7 @@
 """Batched, deterministic model scoring: token log-likelihoods and greedy generation.
 
 Sequences are (input_ids, labels) pairs with labels -100 where nothing is scored, the
-convention of transformers and of `tasks.train_sft.chat.encode`. Batches are right
+convention of transformers and of `tasks.tokens.chat.encode`. Batches are right
 padded for scoring and left padded for generation; the order of sequences in the
 batches depends only on the data, so the same weights and data give the same numbers.
 """
@@ -12,20 +12,13 @@ from typing import Sequence
 
 import torch
 
-IGNORE = -100
+from tasks.tokens.chat import IGNORE
 
 
 @dataclass(frozen=True)
 class Score:
     logprob: float  # summed log-likelihood of the scored tokens
     n_tokens: int
-
-
-def resolve_device(setting: str) -> str:
-    """`auto` means cuda when available, else cpu."""
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
 
 
 def only_last_span(labels: Sequence[int]) -> list[int]:

@@ -11,7 +11,12 @@ from typing import Callable, NamedTuple
 from tasks.evaluate.metrics import exact_match, rouge_l
 from tasks.evaluate.mmlu import LETTERS, MmluItem, cloze_prompt, mmlu_prompt
 from tasks.evaluate.scoring import (
-    IGNORE, greedy_generate, last_span_start, only_last_span, score_groups, score_sequences,
+    IGNORE,
+    greedy_generate,
+    last_span_start,
+    only_last_span,
+    score_groups,
+    score_sequences,
 )
 from tasks.schema import reject_row
 
@@ -24,7 +29,7 @@ class Scorer:
 
     model: object
     tokenizer: object
-    encode: Callable  # tasks.train_sft.chat.encode(tokenizer, messages, max_seq_len, truncation, tools, reasoning)
+    encode: Callable  # tasks.tokens.chat.encode(tokenizer, messages, max_seq_len, truncation, tools, reasoning)
     max_seq_len: int
     truncation: str
     batch_size: int

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize
 from tasks.ingest.common import FieldError, convert_reject, make_record, need_str, opt_str, stable_hash
+from tasks.ingest.reader import Reader, register
 
 FIELDS = ("instruction", "input", "output", "system", "history", "instances", "reasoning", "id")
 

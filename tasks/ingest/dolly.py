@@ -12,9 +12,8 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from tasks.ingest import Reader, register
-from tasks.ingest.common import (FieldError, convert_reject, make_record, need_str, opt_str,
-                                 stable_hash, stable_int)
+from tasks.ingest.common import FieldError, convert_reject, make_record, need_str, opt_str, stable_hash, stable_int
+from tasks.ingest.reader import Reader, register
 from tasks.render import render_dolly
 
 

@@ -35,12 +35,26 @@ import random
 import re
 from typing import Iterator
 
-from tasks.errors import RecipeError
-from tasks.ingest import POOL_ROWS, Reader, register
-from tasks.ingest.common import (FieldError, base_suffix, convert_reject, data_stem, decode_line, dumps, iter_duckdb_lines, iter_lines,
-                                 iter_records, make_record, need_str, opt_str, split_options, stable_hash,
-                                 stable_int)
 from tasks.decontam import SHOTS_CHARS
+from tasks.errors import RecipeError
+from tasks.ingest.common import (
+    FieldError,
+    base_suffix,
+    convert_reject,
+    data_stem,
+    decode_line,
+    dumps,
+    iter_duckdb_lines,
+    iter_lines,
+    iter_records,
+    make_record,
+    need_str,
+    opt_str,
+    split_options,
+    stable_hash,
+    stable_int,
+)
+from tasks.ingest.reader import POOL_ROWS, Reader, register
 from tasks.render import COT_TEMPLATES, FEW_SHOT_JOINER, TEMPLATE_TYPES, cot_template_type, render_cot
 from tasks.split import PINNED, held_out_before_split
 

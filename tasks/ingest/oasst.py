@@ -25,9 +25,9 @@ from __future__ import annotations
 from typing import Iterator
 
 from tasks.errors import RecipeError
-from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize
 from tasks.ingest.common import FieldError, convert_reject, dumps, iter_records, make_record, need_str, stable_hash
+from tasks.ingest.reader import Reader, register
 
 ROLES = {"prompter": "user", "user": "user", "assistant": "assistant"}
 PATHS = ("all", "best")

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize, text_of, tool_calls_of, tools_of
 from tasks.ingest.common import FieldError, make_record, stable_hash
+from tasks.ingest.reader import Reader, register
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "tool", "function": "tool"}

@@ -28,9 +28,18 @@ from pathlib import Path
 from typing import Iterator
 
 from tasks.errors import RecipeError
-from tasks.ingest import Reader, register
-from tasks.ingest.common import (FieldError, canonical_json, convert_reject, data_stem, make_record,
-                                 need_str, need_str_list, stable_hash, stable_int)
+from tasks.ingest.common import (
+    FieldError,
+    canonical_json,
+    convert_reject,
+    data_stem,
+    make_record,
+    need_str,
+    need_str_list,
+    stable_hash,
+    stable_int,
+)
+from tasks.ingest.reader import Reader, register
 from tasks.render import MAX_RENDER_CHARS, RenderError, load_promptsource, render_promptsource
 from tasks.store import file_sha256
 

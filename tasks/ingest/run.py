@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config import Recipe
+from tasks.config import as_recipe
 from tasks.errors import InputError
 from tasks.ingest import READERS
 from tasks.schema import RAW, REJECTS, reject_row
@@ -19,10 +19,6 @@ from tasks.store import ArtifactStore, file_sha256
 
 VERSION = 1
 BATCH_ROWS = 20_000
-
-
-def as_recipe(recipe) -> Recipe:
-    return recipe if isinstance(recipe, Recipe) else Recipe.model_validate(recipe)
 
 
 def ingest_file(root: str, recipe: dict, source: str, file: str) -> dict:

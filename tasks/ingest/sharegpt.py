@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
-from tasks.ingest import Reader, register
 from tasks.ingest.chat import Turn, normalize, tool_calls_of, tools_of
 from tasks.ingest.common import FieldError, make_record, opt_str, stable_hash
+from tasks.ingest.reader import Reader, register
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "chatgpt": "assistant", "bard": "assistant", "system": "system", "function_call": "call",

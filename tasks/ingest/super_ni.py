@@ -27,9 +27,17 @@ from typing import Iterator
 
 from tasks.decontam import SHOTS_CHARS
 from tasks.errors import RecipeError
-from tasks.ingest import Reader, register
-from tasks.ingest.common import (FieldError, convert_reject, data_stem, dumps, iter_json_document, make_record,
-                                 need_str, stable_int)
+from tasks.ingest.common import (
+    FieldError,
+    convert_reject,
+    data_stem,
+    dumps,
+    iter_json_document,
+    make_record,
+    need_str,
+    stable_int,
+)
+from tasks.ingest.reader import Reader, register
 
 TEMPLATE_TYPES = ("zero_shot", "few_shot")
 _TASK_NAME = re.compile(r"^(task\d+_\w+?)(?:\.|$)")

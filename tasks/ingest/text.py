@@ -3,7 +3,7 @@ Parquet (Dolma, RedPajama / llm-foundry, C4 layouts).
 
 Each row becomes a record of one assistant turn holding the text and nothing else, the
 schema's form of pretraining text: training renders it as-is, without the chat template,
-and trains every token (tasks.train_sft.chat); validation admits it (`roles_alternate`
+and trains every token (tasks.tokens.chat); validation admits it (`roles_alternate`
 accepts one assistant turn alone). A stage mixes it in at a share like any source
 (`stages[].shares`). A missing, non-string or empty `text`: reject `missing_field` /
 `null_field` / `wrong_type` / `empty_field`. Option `columns` maps the dataset's names onto
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from tasks.ingest import Reader, register
 from tasks.ingest.common import make_record, need_str, stable_hash
+from tasks.ingest.reader import Reader, register
 
 
 @register

@@ -1,7 +1,7 @@
 """The `train` step: one mixture stage, trained by the recipe under `accelerate launch`.
 
 `train_stage` joins the stage's mixture rows to the validated records (in `position`
-order), writes a stage config, runs `accelerate launch -m tasks.train_sft.recipe` in a
+order), writes a stage config, runs `accelerate launch -m tasks.train_sft.loop` in a
 subprocess (stdout streamed into the log) and publishes what it saved: weights or
 adapter, tokenizer, config, training args, plus the `train_log`, `label_audit` and
 `rejects` tables. The working directory `<root>/train/.work-<key>/` holds checkpoints,
@@ -23,13 +23,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.config import Recipe, TrainConfig
+from tasks.config import TrainConfig, as_recipe
 from tasks.errors import TunelineError
+from tasks.model import model_source, resolve_device
 from tasks.schema import REJECTS, reject_row
 from tasks.step import input_ref, logger, run_step
 from tasks.store import MANIFEST, ArtifactStore, atomic_write_json, file_sha256, step_key
-from tasks.train_sft.model import model_source
-from tasks.train_sft.recipe import AUDIT_SCHEMA, COMPLETE, LOG_PREFIX
+from tasks.train_sft import loop
+from tasks.train_sft.loop import AUDIT_SCHEMA, COMPLETE, LOG_PREFIX
 
 STEP = "train"
 VERSION = 1
@@ -130,7 +131,7 @@ def launch_command(cfg: TrainConfig, config_path: Path, device: str) -> list[str
     else:
         cmd += ["--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
                 "--mixed_precision", "bf16" if cfg.bf16 else "no"]
-    return cmd + ["-m", "tasks.train_sft.recipe", "--config", str(config_path)]
+    return cmd + ["-m", "tasks.train_sft.loop", "--config", str(config_path)]
 
 
 def subprocess_env() -> dict:
@@ -159,14 +160,6 @@ def run_logged(cmd: list[str], env: dict, label: str) -> None:
     rc = proc.wait()
     if rc != 0:
         raise TrainingFailed(f"{label}: training exited with status {rc}; last output:\n" + "\n".join(tail))
-
-
-def device_for(cfg: TrainConfig) -> str:
-    if cfg.device != "auto":
-        return cfg.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def stage_config(root: str, recipe: dict, stage: str, tokenizer_dir: Path, init_manifest: dict | None,
@@ -246,7 +239,7 @@ def _rejects(rows_path: Path, dropped: list[dict], stage: str) -> list[dict]:
 def train_stage(root: str, recipe: dict, mix_manifest: dict, tokenizer_manifest: dict, stage: str,
                 init_manifest: dict | None) -> dict:
     """Step `train` for one stage; `init_manifest` is the previous stage's (None: the base model)."""
-    rec = Recipe.model_validate(recipe)
+    rec = as_recipe(recipe)
     cfg = rec.train
     if stage not in [s.name for s in rec.stages]:
         raise TunelineError(f"unknown stage {stage!r}; recipe stages: {[s.name for s in rec.stages]}")
@@ -264,11 +257,9 @@ def train_stage(root: str, recipe: dict, mix_manifest: dict, tokenizer_manifest:
         n_rows = write_stage_rows(store, mix_manifest, stage, work / "rows.parquet")
         scfg = stage_config(root, recipe, stage, store.root / tokenizer_manifest["dir"], init_manifest, work)
         atomic_write_json(work / "stage.json", scfg)
-        device = device_for(cfg)
+        device = resolve_device(cfg.device)
         if os.environ.get(INPROCESS_ENV) == "1":
-            from tasks.train_sft import recipe as recipe_module
-
-            recipe_module.run(scfg)
+            loop.run(scfg)
         else:
             run_logged(launch_command(cfg, work / "stage.json", device), subprocess_env(), label)
         out = work / "final"

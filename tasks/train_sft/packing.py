@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.train_sft.chat import IGNORE
+from tasks.tokens.chat import IGNORE
 
 ATTN_NAME = "tuneline_varlen"
 

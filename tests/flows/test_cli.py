@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from flows.cli import build_parser
+from tasks import catalog
 from tasks.step import run_step
 from tasks.store import RunLog
 
@@ -53,7 +54,7 @@ def catalog_root(store):
         w.stats.update(rows_in=50_000, rows_out=50_000)
 
     m = run_step(store, "s", 1, [], {}, "l", body)
-    store.publish_step(RunLog(store, "r1", "r.yaml"), "s", [m], [{"step": "s"}])
+    catalog.publish_step(store, RunLog(store, "r1", "r.yaml"), "s", [m], [{"step": "s"}])
     return store.root
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from tasks.config import parse_recipe
 from tasks.ingest import READERS
+from tasks.recipe import parse_recipe
 
 
 def write(tmp_path, rows, name: str) -> str:

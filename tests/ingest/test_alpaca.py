@@ -5,8 +5,8 @@ import json
 import pytest
 from reader_helpers import records, rejects, run_reader
 
-from tasks.config import parse_recipe
 from tasks.errors import RecipeError
+from tasks.recipe import parse_recipe
 
 
 def test_instruction_input_output_and_the_hf_text_field(tmp_path):

@@ -1,8 +1,8 @@
 """Dolly reader on native JSONL written by the test."""
 import json
 
-from tasks.config import parse_recipe
 from tasks.ingest import READERS
+from tasks.recipe import parse_recipe
 from tasks.render import DOLLY_TEMPLATES
 
 

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import parse_recipe
 from tasks.errors import RecipeError
 from tasks.ingest import READERS
+from tasks.recipe import parse_recipe
 from tasks.render import COT_TEMPLATES
 
 

@@ -4,9 +4,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import parse_recipe
 from tasks.errors import InputError, TooManyRejects
 from tasks.ingest.run import ingest_file
+from tasks.recipe import parse_recipe
 
 GOOD = {"instruction": "Q", "context": "", "response": "A", "category": "c"}
 

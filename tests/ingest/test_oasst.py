@@ -4,8 +4,8 @@ import json
 import pytest
 from reader_helpers import records, rejects, run_reader
 
-from tasks.config import parse_recipe
 from tasks.errors import RecipeError
+from tasks.recipe import parse_recipe
 
 
 def node(mid, role, text, replies=(), rank=None, parent=None, **kw):

@@ -146,8 +146,8 @@ def test_parquet_and_role_mapping(tmp_path):
 
     p = tmp_path / "c.parquet"
     pq.write_table(pa.table({"conv": [[{"speaker": "me", "text": "hi"}, {"speaker": "bot", "text": "hello"}]]}), p)
-    from tasks.config import parse_recipe
     from tasks.ingest import READERS
+    from tasks.recipe import parse_recipe
 
     rc = parse_recipe({"sources": [{"name": "s", "format": "openai", "path": str(p), "options": {"columns": {
         "messages": "conv", "role": "speaker", "content": "text", "roles": {"me": "user", "bot": "assistant"}}}}]}, tmp_path)

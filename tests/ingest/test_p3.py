@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from tasks.config import parse_recipe
 from tasks.errors import RecipeError
 from tasks.ingest import READERS
+from tasks.recipe import parse_recipe
 from tasks.render import PSTemplate, RenderError, render_promptsource
 
 YAML = """dataset: toy

@@ -7,8 +7,16 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tasks.ingest.common import (data_stem, iter_csv, iter_duckdb, iter_json_document, iter_jsonl, iter_parquet,
-                                 iter_records, split_options)
+from tasks.ingest.common import (
+    data_stem,
+    iter_csv,
+    iter_duckdb,
+    iter_json_document,
+    iter_jsonl,
+    iter_parquet,
+    iter_records,
+    split_options,
+)
 
 ROWS = [{"a": "x", "n": 1}, {"a": "ü中", "n": 2}]
 
@@ -98,8 +106,8 @@ def test_duckdb_lines_match_local_lines(tmp_path):
 
 
 def test_unknown_options_fail_at_recipe_time(tmp_path):
-    from tasks.config import parse_recipe
     from tasks.errors import RecipeError
+    from tasks.recipe import parse_recipe
 
     p = tmp_path / "d.jsonl"
     p.write_text("{}\n")

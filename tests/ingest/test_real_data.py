@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import parse_recipe
 from tasks.convert import convert_shard
 from tasks.ingest.run import ingest_file
+from tasks.recipe import parse_recipe
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 pytestmark = [pytest.mark.real_data, pytest.mark.skipif(not REAL.exists(), reason=f"{REAL} not found")]

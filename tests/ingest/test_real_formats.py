@@ -4,14 +4,14 @@ has (skipped when the samples are absent)."""
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 
 import pytest
 
-from tasks.config import Recipe, parse_recipe
+from tasks.config import Recipe
 from tasks.convert import convert_shard
 from tasks.ingest.run import ingest_file
+from tasks.recipe import parse_recipe
 from tasks.validate import tool_problems
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"

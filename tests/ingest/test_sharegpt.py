@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tasks.config import parse_recipe
 from tasks.ingest import READERS
+from tasks.recipe import parse_recipe
 
 
 def _run(tmp_path, convs, name="c.jsonl", layout="jsonl"):

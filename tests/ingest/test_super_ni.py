@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from tasks.config import parse_recipe
 from tasks.decontam import SHOTS_CHARS
 from tasks.errors import RecipeError
 from tasks.ingest import READERS
+from tasks.recipe import parse_recipe
 
 
 def task_file(tmp_path, n=12, positives=3, name="task0042_colour_of_things.json", instances=None):

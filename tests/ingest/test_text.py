@@ -4,8 +4,8 @@ import json
 
 from reader_helpers import records, rejects, run_reader
 
-from tasks.config import parse_recipe
 from tasks.ingest import READERS
+from tasks.recipe import parse_recipe
 
 
 def test_dolma_rows_become_one_assistant_turn_with_metadata_in_meta(tmp_path):

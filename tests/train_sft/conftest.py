@@ -15,7 +15,7 @@ def records():
 @pytest.fixture
 def prepared(tmp_path, records):
     """(root, recipe, validate manifest, tokenizer manifest)."""
-    from tasks.train_sft.tokenizer import build_tokenizer
+    from tasks.tokens.tokenizer import build_tokenizer
 
     root = str(tmp_path / "artifacts")
     store = ArtifactStore(root)

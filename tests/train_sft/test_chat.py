@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.train_sft import chat
-from tasks.train_sft.tokenizer import CHATML_TEMPLATE, IM_END, load_tokenizer
+from tasks.tokens import chat
+from tasks.tokens.tokenizer import CHATML_TEMPLATE, IM_END, load_tokenizer
 
 CONV = [
     {"role": "system", "content": "Be brief."},

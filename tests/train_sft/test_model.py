@@ -5,12 +5,11 @@ import json
 
 import pytest
 import torch
-
-from tasks.store import ArtifactStore
-from tasks.train_sft.model import UnsafeWeightsError, load_for_inference
-from tasks.train_sft.tokenizer import build_tokenizer
-
 from train_sft_fixtures import recipe_dict
+
+from tasks.model import UnsafeWeightsError, load_for_inference
+from tasks.store import ArtifactStore
+from tasks.tokens.tokenizer import build_tokenizer
 
 
 def _same(a, b) -> bool:

@@ -6,8 +6,9 @@ import random
 import pytest
 import torch
 
-from tasks.train_sft import chat, packing
-from tasks.train_sft.model import load_for_inference
+from tasks.model import load_for_inference
+from tasks.tokens import chat
+from tasks.train_sft import packing
 
 
 def test_pack_ffd_bins_every_example_once_within_max_len():

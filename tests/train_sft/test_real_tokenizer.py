@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tasks.model_registry import model_dir
-from tasks.train_sft import chat
-from tasks.train_sft.token_count import count_table
+from tasks.tokens import chat
+from tasks.tokens.count import count_table
 
 CONV = [
     {"role": "user", "content": "What is the capital of France?"},

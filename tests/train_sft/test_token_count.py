@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.schema import RECORDS
-from tasks.train_sft import token_count
-from tasks.train_sft.chat import count_tokens, render_batch
-from tasks.train_sft.tokenizer import CHATML_TEMPLATE, load_tokenizer, tokenizer_dir
+from tasks.tokens import count as token_count
+from tasks.tokens.chat import count_tokens, render_batch
+from tasks.tokens.tokenizer import CHATML_TEMPLATE, load_tokenizer, tokenizer_dir
 
 ODD_TEXTS = [
     "It's what they're doing: we'll see, I'd say, you've 10,000.5 reasons",

@@ -12,10 +12,9 @@ import pytest
 import torch
 from train_sft_fixtures import make_mix, make_records, make_validate, recipe_dict
 
+from tasks.model import load_for_inference, weights_sha256
 from tasks.store import ArtifactStore
-from tasks.train_sft import launch, recipe
-from tasks.train_sft.model import load_for_inference, weights_sha256
-from tasks.train_sft.tokenizer import build_tokenizer
+from tasks.train_sft import launch, loop
 
 
 def _stage_cfg(root, rec, mm, tm, stage, work: Path, init=None) -> dict:
@@ -32,7 +31,7 @@ def _log(out: Path) -> list[dict]:
 def _subprocess(cfg: dict, path: Path, env_extra: dict) -> int:
     path.write_text(json.dumps(cfg))
     env = {**launch.subprocess_env(), **env_extra}
-    return subprocess.run([sys.executable, "-m", "tasks.train_sft.recipe", "--config", str(path)], env=env,
+    return subprocess.run([sys.executable, "-m", "tasks.train_sft.loop", "--config", str(path)], env=env,
                           cwd=launch.REPO, capture_output=True, text=True).returncode
 
 
@@ -45,17 +44,17 @@ def test_rows_without_trained_tokens_are_dropped_with_a_reason_or_refused_when_s
     mm = make_mix(store, vm2, {"one": rows, "two": rows})
     # strict: the label audit refuses to train
     strict = {**recipe_dict(tmp_path, max_steps=1), "on_error": "strict"}
-    with pytest.raises(recipe.LabelAuditError, match=rows[2]["record_id"]):
-        recipe.run(_stage_cfg(root, strict, mm, tm, "one", tmp_path / "work"))
+    with pytest.raises(loop.LabelAuditError, match=rows[2]["record_id"]):
+        loop.run(_stage_cfg(root, strict, mm, tm, "one", tmp_path / "work"))
     # lenient (the default): truncated rows that keep no assistant token are dropped, each with its reason
-    out = recipe.run(_stage_cfg(root, recipe_dict(tmp_path, max_steps=1), mm, tm, "one", tmp_path / "work1"))
+    out = loop.run(_stage_cfg(root, recipe_dict(tmp_path, max_steps=1), mm, tm, "one", tmp_path / "work1"))
     dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
     assert [(d["record_id"], d["reason"], d["trained_tokens"]) for d in dropped] == [
         (rows[2]["record_id"], "no_trained_tokens", 0)]
     assert dropped[0]["total_tokens"] > 96
     # with truncation: drop, every row over max_seq_len is dropped as too long
     rec_drop = recipe_dict(tmp_path, truncation="drop", max_steps=1)
-    out = recipe.run(_stage_cfg(root, rec_drop, mm, tm, "one", tmp_path / "work2"))
+    out = loop.run(_stage_cfg(root, rec_drop, mm, tm, "one", tmp_path / "work2"))
     dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
     assert [(d["record_id"], d["reason"]) for d in dropped] == [(rows[2]["record_id"], "too_long")]
     audit = pq.read_table(out / "label_audit.parquet").to_pylist()
@@ -71,23 +70,23 @@ def test_killed_run_resumes_with_the_same_losses_and_data_order(prepared, tmp_pa
     rec = recipe_dict(tmp_path, method="full", checkpoint_every=2, max_steps=9, batch_size=2)
     mm = make_mix(ArtifactStore(root), vm, {"one": rows, "two": rows})
 
-    straight = recipe.run(_stage_cfg(root, rec, mm, tm, "one", tmp_path / "straight"))
+    straight = loop.run(_stage_cfg(root, rec, mm, tm, "one", tmp_path / "straight"))
     expected = _log(straight)
     assert len(expected) == 9
 
     work = tmp_path / "killed"
     cfg = _stage_cfg(root, rec, mm, tm, "one", work)
     # killed after step 5: checkpoints 2 and 4 are complete
-    assert _subprocess(cfg, tmp_path / "a.json", {recipe.KILL_ENV: "5"}) == -9
-    assert [p.name for p in recipe.complete_checkpoints(work)] == ["step-000002", "step-000004"]
+    assert _subprocess(cfg, tmp_path / "a.json", {loop.KILL_ENV: "5"}) == -9
+    assert [p.name for p in loop.complete_checkpoints(work)] == ["step-000002", "step-000004"]
     # resumed from 4, then killed while writing checkpoint 6: it has no marker
-    assert _subprocess(cfg, tmp_path / "b.json", {recipe.KILL_ENV + "_IN_CHECKPOINT": "6"}) == -9
-    assert [p.name for p in recipe.complete_checkpoints(work)] == ["step-000002", "step-000004"]
+    assert _subprocess(cfg, tmp_path / "b.json", {loop.KILL_ENV + "_IN_CHECKPOINT": "6"}) == -9
+    assert [p.name for p in loop.complete_checkpoints(work)] == ["step-000002", "step-000004"]
     fake = work / "checkpoints" / "step-000008"  # a checkpoint directory without its marker is ignored
     fake.mkdir()
     (fake / "state.json").write_text(json.dumps({"step": 8, "log": []}))
 
-    out = recipe.run(cfg)
+    out = loop.run(cfg)
     got = _log(out)
     assert [r["step"] for r in got] == list(range(1, 10))
     assert [r["example_ids"] for r in got] == [r["example_ids"] for r in expected]
@@ -202,18 +201,18 @@ def test_resume_ignores_a_checkpoint_without_its_marker(prepared, tmp_path, caps
     mm = make_mix(ArtifactStore(root), vm, {"one": rows, "two": rows})
     work = tmp_path / "work"
     cfg = _stage_cfg(root, rec, mm, tm, "one", work)
-    out = recipe.run(cfg)
+    out = loop.run(cfg)
     expected = _log(out)
-    assert [p.name for p in recipe.complete_checkpoints(work)] == ["step-000002", "step-000003"]
+    assert [p.name for p in loop.complete_checkpoints(work)] == ["step-000002", "step-000003"]
 
     shutil.rmtree(out)  # as if killed before the stage's output was saved
     newest = work / "checkpoints" / "step-000003"
-    (newest / recipe.COMPLETE).unlink()
+    (newest / loop.COMPLETE).unlink()
     weights = newest / "trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert [p.name for p in recipe.complete_checkpoints(work)] == ["step-000002"]
+    assert [p.name for p in loop.complete_checkpoints(work)] == ["step-000002"]
     capsys.readouterr()
-    out = recipe.run(cfg)
+    out = loop.run(cfg)
     assert "resumed from step-000002: step 2" in capsys.readouterr().out
     got = _log(out)
     assert [r["step"] for r in got] == [1, 2, 3, 4]

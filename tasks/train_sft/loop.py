@@ -2,9 +2,9 @@
 
 Run by `tasks.train_sft.launch` as::
 
-    accelerate launch [--cpu --num_processes 1 | --config_file X] -m tasks.train_sft.recipe --config stage.json
+    accelerate launch [--cpu --num_processes 1 | --config_file X] -m tasks.train_sft.loop --config stage.json
 
-or directly (`python -m tasks.train_sft.recipe --config stage.json`), with or without
+or directly (`python -m tasks.train_sft.loop --config stage.json`), with or without
 Prefect installed (nothing here imports it). The stage config JSON (see `launch.stage_config`):
 
     stage, recipe (the recipe dict), root (artifacts root), tokenizer_dir, rows_path (Parquet:
@@ -38,11 +38,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tasks.config import Recipe, TrainConfig
+from tasks.config import Recipe, TrainConfig, as_recipe
 from tasks.errors import TunelineError
+from tasks.model import ADAPTER_CONFIG, is_adapter, load_stage, resolve_device, weights_sha256
 from tasks.progress import Progress
-from tasks.train_sft import chat, packing
-from tasks.train_sft.model import ADAPTER_CONFIG, is_adapter, load_stage, weights_sha256
+from tasks.tokens import chat
+from tasks.train_sft import packing
 
 COMPLETE = "COMPLETE"
 LOG_PREFIX = "TRAIN_LOG "
@@ -97,7 +98,7 @@ def load(cfg: dict) -> Stage:
     """Tokenizer, rows, tokenisation and the label-mask audit (refuses bad masks)."""
     from transformers import AutoTokenizer
 
-    recipe = Recipe.model_validate(cfg["recipe"])
+    recipe = as_recipe(cfg["recipe"])
     st = Stage(cfg=cfg, recipe=recipe, train=recipe.train, work=Path(cfg["work_dir"]), out=Path(cfg["out_dir"]))
     st.tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer_dir"])
     st.rows = pq.read_table(cfg["rows_path"])
@@ -174,17 +175,11 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def device_of(train: TrainConfig) -> str:
-    if train.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return train.device
-
-
 def setup(st: Stage) -> None:
     """Accelerator, model (from the base or the previous stage), LoRA, optimizer, bins, resume point."""
     from accelerate import Accelerator
 
-    device = device_of(st.train)
+    device = resolve_device(st.train.device)
     if device == "cpu":
         # A tiny model's ops are too small to split across threads: one thread avoids OpenMP spin and
         # oversubscription (7x faster on a shared 2-core box).

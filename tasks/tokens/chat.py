@@ -45,7 +45,20 @@ from dataclasses import dataclass
 
 from tasks.errors import TunelineError
 
-IGNORE = -100
+IGNORE = -100  # the label of a position that is not trained (PyTorch's cross-entropy ignore_index)
+IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+
+#: ChatML with generation blocks: the trained part of an assistant turn is its content and <|im_end|>.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
 _GENERATION = re.compile(r"\{\%-?\s*generation\s*-?\%\}")
 
 
@@ -193,8 +206,6 @@ def _chatml(messages) -> str:
 
 def render_batch(tokenizer, batch_of_messages, tools=None, reasoning: str = "keep") -> list[str]:
     """Rendered texts of many conversations (no generation prompt); `tools`: one entry per conversation."""
-    from tasks.train_sft.tokenizer import CHATML_TEMPLATE
-
     if not batch_of_messages:
         return []
     if not getattr(tokenizer, "chat_template", None):

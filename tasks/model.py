@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config import Recipe, TrainConfig
+from tasks.config import Recipe, TrainConfig, as_recipe
 from tasks.errors import RecipeError, TunelineError
 from tasks.model_registry import resolve_model
 from tasks.store import ArtifactStore, file_sha256
+from tasks.tokens.tokenizer import load_tokenizer
 
 #: The tiny Llama-shaped default; `train.tiny` overrides any key.
 TINY_DEFAULTS = dict(
@@ -35,12 +36,17 @@ UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def resolve_device(setting: str) -> str:
+    """A `device` setting of a recipe section: `auto` is cuda when available, else cpu."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class UnsafeWeightsError(TunelineError):
     """Weights are only in a pickle format and the recipe does not allow it."""
-
-
-def train_config(recipe: dict | Recipe) -> TrainConfig:
-    return (recipe if isinstance(recipe, Recipe) else Recipe.model_validate(recipe)).train
 
 
 def tiny_config(cfg: TrainConfig, tokenizer):
@@ -174,9 +180,7 @@ def load_stage(root: str, recipe: Recipe, tokenizer, manifest: dict | None, dtyp
 def load_for_inference(root: str, recipe: dict, tokenizer_manifest: dict, model_manifest: dict | None,
                        device: str = "cpu"):
     """(model, tokenizer) of the base model (model_manifest None) or of a trained stage, in eval mode."""
-    from tasks.train_sft.tokenizer import load_tokenizer
-
-    rec = recipe if isinstance(recipe, Recipe) else Recipe.model_validate(recipe)
+    rec = as_recipe(recipe)
     tokenizer = load_tokenizer(root, tokenizer_manifest)
     model = load_stage(root, rec, tokenizer, model_manifest, dtype=dtype_for(rec.train, device))
     model.to(device)

@@ -18,29 +18,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.config import Recipe, TrainConfig
+from tasks.config import Recipe, TrainConfig, as_recipe
 from tasks.errors import RecipeError
 from tasks.model_registry import resolve_model
 from tasks.step import input_ref, logger, run_step
 from tasks.store import ArtifactStore, file_sha256
+from tasks.tokens.chat import CHATML_TEMPLATE, IM_END, IM_START, PAD, tokenizer_threads
 
 VERSION = 2  # 2: trained on at most 50 M characters (was 200 M)
 STEP = "tokenizer"
-
-IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]
-
-#: ChatML with generation blocks: the trained part of an assistant turn is its content and <|im_end|>.
-CHATML_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
-    "{%- else -%}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
-)
 
 #: Texts read for training the BPE at most (first rows in manifest order): plenty for the tiny
 #: model's vocabulary (a few thousand tokens), and it bounds the step's time on large corpora.
@@ -92,8 +79,6 @@ def train_bpe(texts, vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    from tasks.train_sft.chat import tokenizer_threads
-
     with tokenizer_threads():
         tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, bos_token=None)
@@ -131,7 +116,7 @@ def load_pretrained_tokenizer(path: str, trust_remote_code: bool):
 
 def build_tokenizer(root: str, recipe: dict, validate_manifest: dict) -> dict:
     """Step `tokenizer`: train (tiny) or copy the model's tokenizer; publishes a save_pretrained dir."""
-    rec = Recipe.model_validate(recipe)
+    rec = as_recipe(recipe)
     cfg = rec.train
     store = ArtifactStore(root)
     if is_tiny(cfg) and cfg.tokenizer is None:

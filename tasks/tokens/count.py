@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.train_sft import chat
+from tasks.tokens import chat
+from tasks.tokens.chat import CHATML_TEMPLATE, IM_END, IM_START
 
 #: GPT-2's pre-tokenizer pattern, the one `pre_tokenizers.ByteLevel(use_regex=True)` applies.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -103,8 +104,6 @@ def chatml_texts(messages: pa.Array | pa.ChunkedArray) -> list[str]:
 
     The same text as `chat.render_batch` gives for that template: per message
     `<|im_start|>{role}\\n{content}<|im_end|>\\n`, a null content as empty."""
-    from tasks.train_sft.tokenizer import IM_END, IM_START
-
     messages = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
     flat = messages.flatten()
     parts = [IM_START, flat.field("role").fill_null(""), "\n", flat.field("content").fill_null(""), IM_END + "\n"]
@@ -182,8 +181,6 @@ def count_table(paths: list[Path], tokenizer_json: str | Path, chat_template: st
                 reasoning: str = "keep") -> tuple[np.ndarray | None, str]:
     """(tokens of every row of the Parquet files, in order, how they were counted), or
     (None, why not) when the caller must count with the tokenizer itself."""
-    from tasks.train_sft.tokenizer import CHATML_TEMPLATE
-
     if chat_template != CHATML_TEMPLATE:
         return None, "the chat template is not Tuneline's ChatML"
     params, why = tiktoken_params(tokenizer_json)
