@@ -65,6 +65,7 @@ from tasks.store import ArtifactStore
 from tasks.tokens.chat import count_tokens
 from tasks.tokens.count import count_table as token_count_table
 from tasks.tokens.tokenizer import load_tokenizer, tokenizer_dir
+from tasks.validate.expectations import validate_frame
 
 STEP = "mix"
 VERSION = 2  # 2: mixture_unselected
@@ -673,7 +674,6 @@ def report_markdown(rows: list[dict], warnings: list[str] = (), unselected: dict
 
 def check_report(rows: list[dict], suite_path: Path = SUITE) -> None:
     """Run the great-expectations suite over the report; a failure names the stage and source."""
-    import great_expectations as gx
     import pandas as pd
     from great_expectations.core.expectation_suite import ExpectationSuite
 
@@ -681,17 +681,7 @@ def check_report(rows: list[dict], suite_path: Path = SUITE) -> None:
         return
     df = pd.DataFrame(rows)
     suite = ExpectationSuite(**json.loads(Path(suite_path).read_text()))
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # keep run logs readable
-    batch = (
-        context.data_sources.add_pandas("mixture")
-        .add_dataframe_asset("mixture_report")
-        .add_batch_definition_whole_dataframe("all")
-        .get_batch(batch_parameters={"dataframe": df})
-    )
-    result = batch.validate(suite, result_format="COMPLETE")
+    result = validate_frame(suite, df, "mixture_report")
     if result.success:
         return
     problems = []

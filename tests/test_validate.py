@@ -13,7 +13,8 @@ from tasks.errors import GateFailed, RecipeError
 from tasks.model_registry import model_dir
 from tasks.schema import RECORDS, record_id
 from tasks.store import ArtifactStore
-from tasks.validate import SuiteError, _tokenizer_path, check_validate, gate, load_suite, validate
+from tasks.validate import SuiteError, check_validate, gate, load_suite, validate
+from tasks.validate.step import _tokenizer_path
 
 SUITE = Path(__file__).resolve().parents[1] / "expectations" / "records.json"
 
@@ -365,7 +366,7 @@ def test_check_validate_resolves_project_suite(tmp_path):
 
 def test_great_expectations_and_vectorised_checks_must_agree(tmp_path, monkeypatch):
     """The Polars twins are cross-checked against great-expectations on the sample."""
-    import tasks.validate as v
+    import tasks.validate.step as v
 
     real = v.unexpected_mask
 
