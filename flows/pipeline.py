@@ -11,7 +11,7 @@ import time
 from datetime import timezone
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.steps import DATA_STEPS, STEPS
@@ -30,9 +30,10 @@ from flows.tasks import (
     train_task,
     validate_task,
 )
+from tasks.config import Recipe
 from tasks.errors import TunelineError
 from tasks.recipe import load_recipe
-from tasks.store import ArtifactStore
+from tasks.store import ArtifactStore, content_hash
 
 
 def new_run_id() -> str:
@@ -54,6 +55,17 @@ def recipe_name(recipe_path: str) -> str:
     return path.parent.name if path.stem == "recipe" and path.parent.name else path.stem
 
 
+def as_parsed(recipe: Recipe | str) -> Recipe:
+    """The flows' one conversion: a recipe file path (a deployment's parameter, a direct call)
+    is read and checked here, once per run; a `Recipe` (from the pipeline flow) is used as is."""
+    return recipe if isinstance(recipe, Recipe) else load_recipe(Path(recipe).resolve())
+
+
+def recipe_tag(recipe: Recipe) -> str:
+    """The flow runs' tag naming the recipe's content: `recipe:<first 12 hex of its hash>`."""
+    return "recipe:" + content_hash(recipe.model_dump(by_alias=True, exclude={"file"}))[:12]
+
+
 def run_name(flow: str):
     """A flow_run_name callable: '<flow> <recipe name> <Tuneline run id>'."""
     def name() -> str:
@@ -61,7 +73,9 @@ def run_name(flow: str):
 
         params = flow_run.parameters
         run_id = params.get("run_id") or (params.get("prepared") or {}).get("run_id") or flow_run_run_id()
-        return f"{flow} {recipe_name(params['recipe_path'])} {run_id}"
+        recipe = params.get("recipe_path") or params.get("recipe")
+        file = recipe if isinstance(recipe, str) else getattr(recipe, "file", None) or recipe["file"]
+        return f"{flow} {recipe_name(file)} {run_id}"
 
     return name
 
@@ -124,10 +138,10 @@ def _shard_label(source: str, file: str, index: int) -> str:
 
 @flow(name="tuneline-prepare", flow_run_name=run_name("prepare"), task_runner=shard_runner(),
       log_prints=True)
-def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, run_id: str | None = None) -> dict:
+def prepare(recipe: Recipe | str, out: str = "artifacts", until: str | None = None, run_id: str | None = None) -> dict:
     """Data steps, ingest through mix. Returns the manifests the train/evaluate flows need."""
-    recipe = load_recipe(recipe_path)
-    rd = recipe.model_dump(by_alias=True)
+    recipe = as_parsed(recipe)
+    recipe_path = recipe.file
     root = str(Path(out).resolve())
     run_id = run_id or flow_run_run_id()
     result: dict = {"run_id": run_id, "root": root}
@@ -135,8 +149,8 @@ def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, 
 
     shards = [(s.name, f) for s in recipe.sources for f in recipe.source_files(s)]
     labels = [_shard_label(src, f, i) for i, (src, f) in enumerate(shards)]
-    ingest = [submit(ingest_task, root, rd, src, f, label) for (src, f), label in zip(shards, labels)]
-    converted = [submit(convert_task, root, rd, fut, label) for fut, label in zip(ingest, labels)]
+    ingest = [submit(ingest_task, root, recipe, src, f, label) for (src, f), label in zip(shards, labels)]
+    converted = [submit(convert_task, root, recipe, fut, label) for fut, label in zip(ingest, labels)]
     _raise_first_failure(ingest)
     publish_task(root, run_id, recipe_path, "ingest", ingest)
     if _done(until, "ingest"):
@@ -146,63 +160,63 @@ def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, 
     if _done(until, "convert"):
         return result
 
-    sigs = [submit(signatures_task, root, rd, fut, label) for fut, label in zip(converted, labels)]
+    sigs = [submit(signatures_task, root, recipe, fut, label) for fut, label in zip(converted, labels)]
     _raise_first_failure(sigs)
     publish_task(root, run_id, recipe_path, "dedup-signatures", sigs)
-    dedup_m = dedup_task(root, rd, converted, sigs)
+    dedup_m = dedup_task(root, recipe, converted, sigs)
     publish_task(root, run_id, recipe_path, "dedup", [dedup_m])
     if _done(until, "dedup"):
         return result
 
-    split_m = split_task(root, rd, dedup_m)
+    split_m = split_task(root, recipe, dedup_m)
     publish_task(root, run_id, recipe_path, "split", [split_m])
     result["split"] = split_m
     if _done(until, "split"):
         return result
 
-    validate_m = validate_task(root, rd, split_m)
+    validate_m = validate_task(root, recipe, split_m)
     publish_task(root, run_id, recipe_path, "validate", [validate_m])
     gate_task(validate_m)
     if _done(until, "validate"):
         return result
 
-    tok_m = tokenizer_task(root, rd, validate_m)
+    tok_m = tokenizer_task(root, recipe, validate_m)
     publish_task(root, run_id, recipe_path, "tokenizer", [tok_m])
-    mix_m = mix_task(root, rd, validate_m, split_m, tok_m)
+    mix_m = mix_task(root, recipe, validate_m, split_m, tok_m)
     publish_task(root, run_id, recipe_path, "mix", [mix_m])
     result.update(tokenizer=tok_m, mix=mix_m)
     return result
 
 
 @flow(name="tuneline-train", flow_run_name=run_name("train"), log_prints=True)
-def train(recipe_path: str, prepared: dict) -> dict:
+def train(recipe: Recipe | str, prepared: dict) -> dict:
     """One training run per mixture stage, in order; stage k starts from stage k-1."""
-    recipe = load_recipe(recipe_path)
-    rd = recipe.model_dump(by_alias=True)
+    recipe = as_parsed(recipe)
+    recipe_path = recipe.file
     root, run_id = prepared["root"], prepared["run_id"]
     models: dict[str, dict] = {}
     previous = None
     for stage in recipe.stages:
-        previous = train_task(root, rd, prepared["mix"], prepared["tokenizer"], stage.name, previous)
+        previous = train_task(root, recipe, prepared["mix"], prepared["tokenizer"], stage.name, previous)
         models[stage.name] = previous
     publish_task(root, run_id, recipe_path, "train", list(models.values()))
     return models
 
 
 @flow(name="tuneline-evaluate", flow_run_name=run_name("evaluate"), log_prints=True)
-def evaluate(recipe_path: str, prepared: dict, models: dict, run_id: str | None = None) -> list[dict]:
+def evaluate(recipe: Recipe | str, prepared: dict, models: dict, run_id: str | None = None) -> list[dict]:
     """Evaluate the base model and every trained stage on the same held-out data.
 
     `prepared` holds the split, mix and tokenizer manifests; `models` the train manifest
     of each stage. The comparison table becomes a Prefect artifact and
     `<out>/eval_comparison.md` (flows/report.py)."""
-    recipe = load_recipe(recipe_path)
-    rd = recipe.model_dump(by_alias=True)
+    recipe = as_parsed(recipe)
+    recipe_path = recipe.file
     root, run_id = prepared["root"], run_id or prepared["run_id"]
     args = (prepared["split"], prepared["mix"], prepared["tokenizer"])
-    results = [evaluate_task(root, rd, "base", None, *args)]
+    results = [evaluate_task(root, recipe, "base", None, *args)]
     for stage in recipe.stages:
-        results.append(evaluate_task(root, rd, stage.name, models[stage.name], *args))
+        results.append(evaluate_task(root, recipe, stage.name, models[stage.name], *args))
     publish_task(root, run_id, recipe_path, "evaluate", results)
     return results
 
@@ -213,18 +227,18 @@ def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None,
     run in `runs/` and the flow runs' names (default: from this flow run)."""
     if until is not None and until not in STEPS:
         raise TunelineError(f"until must be one of {', '.join(STEPS)}, not {until!r}")
-    recipe_path = str(Path(recipe_path).resolve())
     run_id = run_id or flow_run_run_id()
-    recipe = load_recipe(recipe_path)
+    recipe = as_parsed(recipe_path)  # the run's one parse; the subflows and tasks get this Recipe
     # The shard runner is chosen per run, so TUNELINE_DASK_ADDRESS set after import still counts.
     runner = shard_runner(input_bytes(recipe))
-    prepared = prepare.with_options(task_runner=runner)(recipe_path, out, until, run_id)
-    done = {"run_id": run_id, "root": prepared["root"]}
-    if until not in DATA_STEPS and recipe.stages:
-        models = train(recipe_path, prepared)
-        if until != "train" and recipe.evaluate.enabled:
-            done["evaluate"] = [m["dir"] for m in evaluate(recipe_path, prepared, models)]
-    done["report"] = report_task(done["root"], run_id, recipe_path)
+    with tags(recipe_tag(recipe)):
+        prepared = prepare.with_options(task_runner=runner)(recipe, out, until, run_id)
+        done = {"run_id": run_id, "root": prepared["root"]}
+        if until not in DATA_STEPS and recipe.stages:
+            models = train(recipe, prepared)
+            if until != "train" and recipe.evaluate.enabled:
+                done["evaluate"] = [m["dir"] for m in evaluate(recipe, prepared, models)]
+    done["report"] = report_task(done["root"], run_id, recipe.file)
     return done
 
 
@@ -232,8 +246,9 @@ def evaluate_finished(recipe_path: str, out: str = "artifacts") -> dict:
     """`tuneline evaluate`: the evaluate flow over the latest published run under `out`."""
     from tasks.evaluate import finished_run_inputs
 
-    recipe_path = str(Path(recipe_path).resolve())
-    prepared, models = finished_run_inputs(recipe_path, out)
+    recipe = as_parsed(recipe_path)
+    prepared, models = finished_run_inputs(recipe, out)
     run_id = new_run_id()
-    results = evaluate(recipe_path, prepared, models, run_id=run_id)
+    with tags(recipe_tag(recipe)):
+        results = evaluate(recipe, prepared, models, run_id=run_id)
     return {"run_id": run_id, "root": prepared["root"], "evaluate": [m["dir"] for m in results]}

@@ -10,76 +10,68 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import report
 from flows.logs import hide_in_workers
+from tasks.config import Recipe
+from tasks.convert import convert_shard
+from tasks.dedup import dedup, signatures
+from tasks.ingest.run import ingest_file
+from tasks.mix import mix
+from tasks.split import split
+from tasks.tokens.tokenizer import build_tokenizer
+from tasks.validate import gate, validate
 
 hide_in_workers()  # this module is what a shard worker process imports to run a task
 _opts = dict(cache_policy=NO_CACHE, persist_result=False, retries=0)
 
 
 @task(name="ingest", task_run_name="ingest {source} {shard}", **_opts)
-def ingest_task(root: str, recipe: dict, source: str, file: str, shard: str) -> dict:
-    from tasks.ingest.run import ingest_file
-
+def ingest_task(root: str, recipe: Recipe, source: str, file: str, shard: str) -> dict:
     return ingest_file(root, recipe, source, file)
 
 
 @task(name="convert", task_run_name="convert {label}", **_opts)
-def convert_task(root: str, recipe: dict, ingest_manifest: dict, label: str) -> dict:
-    from tasks.convert import convert_shard
-
+def convert_task(root: str, recipe: Recipe, ingest_manifest: dict, label: str) -> dict:
     return convert_shard(root, recipe, ingest_manifest)
 
 
 @task(name="dedup-signatures", task_run_name="minhash {label}", **_opts)
-def signatures_task(root: str, recipe: dict, convert_manifest: dict, label: str) -> dict:
-    from tasks.dedup import signatures
-
+def signatures_task(root: str, recipe: Recipe, convert_manifest: dict, label: str) -> dict:
     return signatures(root, recipe, convert_manifest)
 
 
 @task(name="dedup", task_run_name="dedup clusters", **_opts)
-def dedup_task(root: str, recipe: dict, convert_manifests: list[dict], signature_manifests: list[dict]) -> dict:
-    from tasks.dedup import dedup
-
+def dedup_task(root: str, recipe: Recipe, convert_manifests: list[dict], signature_manifests: list[dict]) -> dict:
     return dedup(root, recipe, convert_manifests, signature_manifests)
 
 
 @task(name="split", task_run_name="split held-out", **_opts)
-def split_task(root: str, recipe: dict, dedup_manifest: dict) -> dict:
-    from tasks.split import split
-
+def split_task(root: str, recipe: Recipe, dedup_manifest: dict) -> dict:
     return split(root, recipe, dedup_manifest)
 
 
 @task(name="validate", task_run_name="validate expectations", **_opts)
-def validate_task(root: str, recipe: dict, split_manifest: dict) -> dict:
-    from tasks.validate import validate
-
+def validate_task(root: str, recipe: Recipe, split_manifest: dict) -> dict:
     return validate(root, recipe, split_manifest)
 
 
 @task(name="gate", task_run_name="quality gate", **_opts)
 def gate_task(validate_manifest: dict) -> None:
-    from tasks.validate import gate
-
     gate(validate_manifest)
 
 
 @task(name="tokenizer", task_run_name="tokenizer", **_opts)
-def tokenizer_task(root: str, recipe: dict, validate_manifest: dict) -> dict:
-    from tasks.tokens.tokenizer import build_tokenizer
-
+def tokenizer_task(root: str, recipe: Recipe, validate_manifest: dict) -> dict:
     return build_tokenizer(root, recipe, validate_manifest)
 
 
 @task(name="mix", task_run_name="mix stages", **_opts)
-def mix_task(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, tokenizer_manifest: dict) -> dict:
-    from tasks.mix import mix
-
+def mix_task(root: str, recipe: Recipe, validate_manifest: dict, split_manifest: dict, tokenizer_manifest: dict) -> dict:
     return mix(root, recipe, validate_manifest, split_manifest, tokenizer_manifest)
 
 
+# Training and evaluation import torch and transformers (about 2 s) inside their tasks only,
+# so a data-only run (`--until mix`) and the shard worker processes never pay for them.
 @task(name="train", task_run_name="train stage {stage}", **_opts)
-def train_task(root: str, recipe: dict, mix_manifest: dict, tokenizer_manifest: dict, stage: str,
+def train_task(root: str, recipe: Recipe, mix_manifest: dict, tokenizer_manifest: dict, stage: str,
                init_manifest: dict | None) -> dict:
     from tasks.train_sft.launch import train_stage
 
@@ -87,7 +79,7 @@ def train_task(root: str, recipe: dict, mix_manifest: dict, tokenizer_manifest: 
 
 
 @task(name="evaluate", task_run_name="evaluate {stage}", **_opts)
-def evaluate_task(root: str, recipe: dict, stage: str, model_manifest: dict | None, split_manifest: dict,
+def evaluate_task(root: str, recipe: Recipe, stage: str, model_manifest: dict | None, split_manifest: dict,
                   mix_manifest: dict, tokenizer_manifest: dict) -> dict:
     from tasks.evaluate import evaluate
 

@@ -257,6 +257,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     base_dir: str = "."  # directory the recipe's relative paths are resolved against
+    file: str = "<recipe>"  # the file it was read from (run names and records; in no step key)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

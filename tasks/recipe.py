@@ -35,7 +35,7 @@ def parse_recipe(data: dict, base_dir: str | Path = ".", file: str = "<recipe>")
     if not isinstance(data, dict):
         raise RecipeError(f"{file}: a recipe is a YAML mapping with a `sources` list")
     try:
-        recipe = Recipe.model_validate({**data, "base_dir": str(Path(base_dir).resolve())})
+        recipe = Recipe.model_validate({**data, "base_dir": str(Path(base_dir).resolve()), "file": file})
     except ValidationError as exc:
         raise RecipeError(_format_validation_error(file, exc)) from None
     check_recipe(recipe, file)

@@ -386,19 +386,20 @@ def test_finished_run_inputs_finds_the_latest_artifacts(world, tmp_path):
     import yaml
 
     from tasks.evaluate import finished_run_inputs
+    from tasks.recipe import load_recipe
     from tasks.store import RunLog
 
     store, tok, split, mix, stages = world
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(_finished_recipe(tmp_path)))
     with pytest.raises(TunelineError, match="no published 'split' step"):
-        finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
+        finished_run_inputs(load_recipe(tmp_path / "recipe.yaml"), str(store.root))
     run = RunLog(store, "r2", "recipe.yaml")
     for step, ms in [("split", [split]), ("mix", [mix]), ("train", [stages["nlp"]])]:
         catalog.publish_step(store, run, step, ms, [])
     with pytest.raises(TunelineError, match=r"stages \['dialog'\] have no published training run"):
-        finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
+        finished_run_inputs(load_recipe(tmp_path / "recipe.yaml"), str(store.root))
     catalog.publish_step(store, run, "train", [stages["nlp"], stages["dialog"]], [])
-    prepared, models = finished_run_inputs(str(tmp_path / "recipe.yaml"), str(store.root))
+    prepared, models = finished_run_inputs(load_recipe(tmp_path / "recipe.yaml"), str(store.root))
     assert prepared["split"]["key"] == split["key"] and prepared["mix"]["key"] == mix["key"]
     assert prepared["tokenizer"]["key"] == tok["key"]  # found through the mix manifest's inputs
     assert {k: v["key"] for k, v in models.items()} == {"nlp": stages["nlp"]["key"], "dialog": stages["dialog"]["key"]}

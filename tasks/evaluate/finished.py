@@ -1,8 +1,8 @@
 """`tuneline evaluate RECIPE.yaml`: find the artifacts of the latest finished run to evaluate."""
 from __future__ import annotations
 
+from tasks.config import Recipe
 from tasks.errors import TunelineError
-from tasks.recipe import load_recipe
 from tasks.store import ArtifactStore
 
 
@@ -44,10 +44,9 @@ def _stage_of(manifest: dict) -> str | None:
     return manifest.get("label")
 
 
-def finished_run_inputs(recipe_path: str, out: str) -> tuple[dict, dict[str, dict]]:
+def finished_run_inputs(recipe: Recipe, out: str) -> tuple[dict, dict[str, dict]]:
     """The split, mix, tokenizer and per-stage model manifests of the latest published run
     under `out`, in the shape the evaluate flow takes: (prepared, {stage: train manifest})."""
-    recipe = load_recipe(recipe_path)
     store = ArtifactStore(out)
     split, mix = _one(store, "split"), _one(store, "mix")
     trained = {_stage_of(m): m for m in store.latest_manifests("train")}
