@@ -4,7 +4,9 @@ Two steps:
 
 * `signatures(root, recipe, convert_manifest)` -- step `dedup-signatures`, one per convert
   shard (parallel in the flow's task runner): the projected text (`projection`: prompt =
-  user turns, response = assistant turns, conversation = every turn) is normalised
+  user turns, response = assistant turns, conversation = every turn; for records a template
+  rendered, the source's own fields on that side instead of the template's wording:
+  `tasks.dedup.content`) is normalised
   (NFKC, casefold, whitespace folded), keyed for exact matching, shingled (word
   `shingle_size`-grams; character shingles for no-space scripts), and MinHashed in
   NumPy over a batch of records. Signatures equal `datasketch.MinHash(num_perm, seed,
@@ -23,8 +25,10 @@ Two steps:
 Keep rule (deterministic): higher source `priority`, then more turns, then more
 characters (`n_chars`), then the smallest `record_id`. `scope: within_source` compares
 records of the same source only. `template_variants: keep` never removes a record as a
-duplicate of its own template variant (same non-empty `example_id`, different
-`template_id`); `dedup` treats them like any other records.
+duplicate of its own template variant (same source, same non-empty `example_id`, different
+`template_id`): with the source fields compared, the renderings of one example are exact
+duplicates of each other, and they stay; `dedup` treats them like any other records. The
+same example in two sources is not a template variant: it is removed like any duplicate.
 
 Documented edge cases: a record whose projection is empty (no turns of the projected
 role) has no exact key and is never compared or removed; a text with fewer units than

@@ -25,7 +25,7 @@ from tasks.step import input_ref, logger, run_step
 from tasks.store import ArtifactStore
 
 STEP = "dedup"
-VERSION = 2  # 2: kept rows are not copied (dedup_removed + survivors())
+VERSION = 3  # 3: template variants are of one source; 2: kept rows are not copied (dedup_removed + survivors())
 #: Buckets up to this size give all their pairs; larger ones a star plus a chain (linear).
 SMALL_BUCKET = 16
 PAIR_CHUNK = 200_000
@@ -164,8 +164,17 @@ def _candidate_pairs(nodes: np.ndarray, scope_code: np.ndarray, bkeys: np.ndarra
     return a[same], b[same]
 
 
+def _example_codes(meta: pl.DataFrame) -> np.ndarray:
+    """Dense codes of (source, example_id); -1 where example_id is empty. Template variants are
+    renderings of one example by one source: the same example in two sources is duplicate data."""
+    key = meta.select(pl.when(pl.col("example_id").fill_null("") == "").then(None)
+                      .otherwise(pl.concat_str([pl.col("source").fill_null(""), pl.col("example_id")],
+                                               separator="\x1f")).alias("k"))["k"]
+    return _codes(key)
+
+
 def _variant_mask(a: np.ndarray, b: np.ndarray, ex_code: np.ndarray, tpl_code: np.ndarray) -> np.ndarray:
-    """True where a and b are template variants: same example_id, different template_id."""
+    """True where a and b are template variants: same source and example_id, different template_id."""
     return (ex_code[a] >= 0) & (ex_code[a] == ex_code[b]) & (tpl_code[a] != tpl_code[b])
 
 
@@ -364,7 +373,7 @@ def _run(writer, store: ArtifactStore, shards, cfg: DedupConfig, priorities: dic
     rank = _keep_rank(meta)
     src_code = _codes(meta["source"], empty_is_null=False)
     scope_code = src_code if cfg.scope == "within_source" else np.zeros(n, np.int64)
-    ex_code = _codes(meta["example_id"])
+    ex_code = _example_codes(meta)
     tpl_code = _codes(meta["template_id"])
     key_code = _codes(meta["exact_key"])
     keep_variants = cfg.template_variants == "keep"

@@ -9,7 +9,9 @@ record's shingle hashes (exact verification of candidate pairs) and, of its text
 A turn's text is `tasks.schema.turn_text`: its reasoning, content and each tool call as
 `name(arguments)`. So the projections cover: `prompt` the user turns; `response` the
 assistant turns with their reasoning and tool calls; `conversation` every turn, system
-and tool results included.
+and tool results included. Records a template rendered (Dolly, FLAN CoT, Super-NI,
+promptsource) are projected from their source's own fields instead (`tasks.dedup.content`),
+so the template's wording is not compared.
 """
 from __future__ import annotations
 
@@ -19,15 +21,16 @@ import pyarrow.compute as pc
 
 from tasks.config import DedupConfig, Recipe
 from tasks.dedup import minhash as mh
+from tasks.dedup.content import Content
 from tasks.schema import RAW_PREFIX_CHARS, text_messages
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
 
 STEP = "dedup-signatures"
-VERSION = 4  # 4: a turn's text includes its reasoning and tool calls; 3: shingle hashes, origin and reject prefix kept (dedup reads no records)
+VERSION = 5  # 5: rendered records hash their source's fields (tasks.dedup.content); 4: a turn's text includes its reasoning and tool calls; 3: shingle hashes, origin and reject prefix kept (dedup reads no records)
 TABLE = "dedup_signatures"
 READ_COLUMNS = ["record_id", "source", "example_id", "template_id", "messages", "n_turns", "n_chars",
-                "origin_file", "origin_row"]
+                "origin_file", "origin_row", "answer_choices", "meta"]
 
 
 def signature_schema(num_perm: int, bands: int) -> pa.Schema:
@@ -67,13 +70,16 @@ def signature_config(cfg: DedupConfig) -> dict:
     return {k: getattr(cfg, k) for k in keys}
 
 
-def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int) -> pa.RecordBatch:
-    """Signature rows of one batch of records (vectorised over the batch)."""
+def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int,
+                  content: Content | None = None) -> pa.RecordBatch:
+    """Signature rows of one batch of records (vectorised over the batch). `content` recovers
+    the source fields of rendered records (none: every record is projected from its turns)."""
     n = batch.num_rows
     messages = text_messages(batch.column("messages"))  # reasoning and tool calls are part of a turn's text
     conversation = mh.project_arrow(messages, "conversation")
     if cfg.enabled:
-        projected = conversation if cfg.projection == "conversation" else mh.project_arrow(messages, cfg.projection)
+        own = conversation if cfg.projection == "conversation" else mh.project_arrow(messages, cfg.projection)
+        projected = content.text(batch, cfg.projection, own) if content is not None else own
         texts = mh.normalise_texts(projected, cfg.shingle)
         keys, units = texts.exact_keys(), texts.units()
         hashes, counts, sig, bkeys = mh.sketch(texts, cfg.shingle_size, cfg.num_perm, cfg.seed, bands, rows)
@@ -109,7 +115,8 @@ def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int
 
 def signatures(root: str, recipe: dict, convert_manifest: dict) -> dict:
     """Step `dedup-signatures` over one convert shard; returns its manifest."""
-    cfg = Recipe.model_validate(recipe).dedup
+    rc = Recipe.model_validate(recipe)
+    cfg = rc.dedup
     store = ArtifactStore(root)
     bands, rows = lsh_params(cfg)
     label = convert_manifest.get("label", convert_manifest["key"])
@@ -119,13 +126,15 @@ def signatures(root: str, recipe: dict, convert_manifest: dict) -> dict:
         progress = Progress(f"{STEP} {label}")
         schema = signature_schema(cfg.num_perm, bands)
         out = writer.table(TABLE, schema, hash_columns=HASH_COLUMNS)
+        content = Content(rc, store, convert_manifest)
         for batch in store.iter_batches(convert_manifest, "records", READ_COLUMNS, batch_size=cfg.batch_rows):
-            out.write(compute_batch(batch, cfg, bands, rows))
+            out.write(compute_batch(batch, cfg, bands, rows, content))
             n += batch.num_rows
             progress.add(batch.num_rows)
         progress.done()
         writer.stats.update(rows_in=n, rows_out=n, rows_rejected=0, bands=bands, rows=rows,
-                            num_perm=cfg.num_perm, seed=cfg.seed)
+                            num_perm=cfg.num_perm, seed=cfg.seed, content_fields=content.recovered,
+                            content_fallback=content.fallback)
 
     return run_step(store, STEP, VERSION, {"records": input_ref(convert_manifest)},
                     signature_config(cfg), label, body)
