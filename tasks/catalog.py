@@ -22,6 +22,7 @@ from typing import Iterator
 
 import duckdb
 
+from tasks import markdown, sql
 from tasks.errors import TunelineError
 from tasks.store import ArtifactStore, RunLog
 
@@ -42,13 +43,9 @@ def _sql(name: str) -> str:
     return (SQL_DIR / name).read_text()
 
 
-def _literal(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def _file_list(paths: list[Path], root: Path) -> str:
     """A DuckDB list literal of the paths, relative to the artifacts root."""
-    return "[" + ", ".join(_literal(p.relative_to(root)) for p in paths) + "]"
+    return sql.path_list(p.relative_to(root) for p in paths)
 
 
 def view_files(store: "ArtifactStore") -> dict[str, list[Path]]:
@@ -68,8 +65,8 @@ def _records_parts(store: "ArtifactStore") -> str:
     for shard, manifest in enumerate(store.latest_manifests("convert")):
         first = 0
         for path, part in zip(store.paths(manifest, "records"), manifest["tables"].get("records", [])):
-            rows.append(f"({_literal(path.relative_to(store.root))}, {shard}, "
-                        f"{_literal(manifest.get('label', manifest['key']))}, {first})")
+            rows.append(f"({sql.literal(path.relative_to(store.root))}, {shard}, "
+                        f"{sql.literal(manifest.get('label', manifest['key']))}, {first})")
             first += part["rows"]
     return ", ".join(rows)
 
@@ -89,8 +86,8 @@ def _create_views(con: duckdb.DuckDBPyConnection, store: "ArtifactStore") -> Non
         usable = own.exists() and (joinable if name == "eval" else bool(parts) if name == "records" else True)
         template = f"views/{name}.sql" if usable else "views/table.sql"
         con.execute(_sql(template).format(name=name, files=_file_list(files, root), parts=parts))
-    con.execute(_sql("views/tuneline_catalog.sql").format(format=FORMAT, storage=_literal(STORAGE_VERSION),
-                                                          how=_literal(HOW_TO_OPEN)))
+    con.execute(_sql("views/tuneline_catalog.sql").format(format=FORMAT, storage=sql.literal(STORAGE_VERSION),
+                                                          how=sql.literal(HOW_TO_OPEN)))
 
 
 def rebuild(store: "ArtifactStore") -> Path:
@@ -225,16 +222,13 @@ def query(root: str | Path, sql: str, fmt: str = "table") -> str:
 
 
 def render_table(cols: list[str], rows: list[tuple], max_width: int = 60) -> str:
-    def cell(v) -> str:
+    """Query results as a padded Markdown table, long values cut at `max_width`."""
+    def show(v) -> str:
         s = "NULL" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
         s = s.replace("\n", "\\n")
         return s if len(s) <= max_width else s[: max_width - 1] + "…"
 
-    body = [[cell(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(cols)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(cols), sep] + [line(r) for r in body] + [f"({len(rows)} rows)"])
+    return markdown.table(cols, [[show(v) for v in r] for r in rows], pad=True) + f"({len(rows)} rows)"
 
 
 def publish_step(store: ArtifactStore, run: RunLog, step: str, manifests: list[dict], rows: list[dict]) -> None:

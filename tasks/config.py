@@ -16,6 +16,15 @@ from tasks.errors import RecipeError
 from tasks.store import safe_name
 
 
+def glob_files(pattern: str, resolved: str, what: str, error: type[Exception] = RecipeError) -> list[str]:
+    """The files a recipe path or glob names (`resolved`: made absolute), sorted; `error`
+    naming `what` and the pattern when none match."""
+    files = sorted(p for p in glob.glob(resolved, recursive=True) if Path(p).is_file())
+    if not files:
+        raise error(f"{what}: no file matches {pattern!r} (resolved to {resolved})")
+    return files
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -293,10 +302,7 @@ class Recipe(Section):
         path = self.resolve(source.path)
         if path.startswith("hf://"):
             return [path]
-        files = sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
-        if not files:
-            raise RecipeError(f"source {source.name!r}: no file matches {source.path!r} (resolved to {path})")
-        return files
+        return glob_files(source.path, path, f"source {source.name!r}")
 
 
 def as_recipe(recipe: "Recipe | dict") -> "Recipe":

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from tasks.config import as_recipe
 from tasks.errors import InputError
-from tasks.ingest import POOL_ROWS, READERS
 from tasks.ingest.common import loads
+from tasks.ingest.registry import POOL_ROWS, READERS
 from tasks.schema import RECORDS, REJECTS
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore

@@ -35,7 +35,6 @@ gram made it 4x slower than Polars shifts.)
 from __future__ import annotations
 
 import csv
-import glob
 import json
 from pathlib import Path
 from typing import Iterator
@@ -44,7 +43,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from tasks.config import BenchmarkConfig, DecontaminationConfig, Recipe
+from tasks.config import BenchmarkConfig, DecontaminationConfig, Recipe, glob_files
 from tasks.errors import RecipeError
 
 HELDOUT = "heldout"
@@ -63,11 +62,7 @@ SHOTS_CHARS = "shots_chars"
 # -- benchmark files -----------------------------------------------------------------
 def benchmark_files(recipe: Recipe, bench: BenchmarkConfig) -> list[str]:
     """The files a benchmark names (a path or a glob), sorted; RecipeError when none."""
-    path = recipe.resolve(bench.path)
-    files = sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
-    if not files:
-        raise RecipeError(f"benchmark {bench.name!r}: no file matches {bench.path!r} (resolved to {path})")
-    return files
+    return glob_files(bench.path, recipe.resolve(bench.path), f"benchmark {bench.name!r}")
 
 
 def _format(bench: BenchmarkConfig, file: str) -> str:

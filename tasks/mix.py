@@ -58,6 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from tasks import markdown
 from tasks.config import Recipe, StageConfig, as_recipe
 from tasks.errors import GateFailed, RecipeError, TunelineError
 from tasks.step import Progress, input_ref, logger, run_step
@@ -660,15 +661,12 @@ def report_markdown(rows: list[dict], warnings: list[str] = (), unselected: dict
             f"**Stage {stage[0] + 1}: `{stage[1]}`** (unit: {part[0]['unit']}; "
             f"{sum(r['rows'] for r in part):,} rows, {sum(r['tokens'] for r in part):,} tokens)",
             "",
-            "| source | rows | tokens | target share | achieved share | repeat factor | max repeat |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            markdown.table(["source", "rows", "tokens", "target share", "achieved share", "repeat factor",
+                            "max repeat"],
+                           [(r["source"], f"{r['rows']:,}", f"{r['tokens']:,}", f"{r['target_share']:.3f}",
+                             f"{r['achieved_share']:.3f}", f"{r['repeat_factor']:.2f}", r["max_repeat"])
+                            for r in part], "lrrrrrr"),
         ]
-        for r in part:
-            out.append(
-                f"| {r['source']} | {r['rows']:,} | {r['tokens']:,} | {r['target_share']:.3f} | "
-                f"{r['achieved_share']:.3f} | {r['repeat_factor']:.2f} | {r['max_repeat']} |"
-            )
-        out.append("")
     return "\n".join(out)
 
 
@@ -758,17 +756,3 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
         logger().info(f"mix: {len(plans)} stages, {rows_out} rows from a pool of {len(pool)}")
 
     return run_step(store, STEP, VERSION, inputs, config, "stages", body)
-
-
-def read_stage(root: str, mix_manifest: dict, stage: str, columns: list[str] | None = None) -> pa.Table:
-    """One stage's manifest rows in training order (for the train step)."""
-    store = ArtifactStore(root)
-    table = store.read(mix_manifest, "mixture", columns=None)
-    if table is None:
-        raise TunelineError(f"mix manifest {mix_manifest.get('dir')} has no mixture table")
-    rows = table.filter(pc.equal(table.column("stage"), stage))
-    if rows.num_rows == 0:
-        raise TunelineError(f"mixture has no rows for stage {stage!r}; stages: "
-                            f"{sorted(set(table.column('stage').to_pylist()))}")
-    rows = rows.sort_by("position")
-    return rows.select(columns) if columns else rows

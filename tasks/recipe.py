@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from tasks.config import Recipe
 from tasks.errors import RecipeError
-from tasks.ingest import check_sources
+from tasks.ingest.registry import check_sources
 from tasks.mix import check_stages
 from tasks.validate import check_validate
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from tasks import markdown
 from tasks.config import SplitConfig, as_recipe
 from tasks.dedup import survivors
 from tasks.schema import RECORDS, REJECTS
@@ -131,11 +132,8 @@ def _markdown(counts: dict[tuple[str, str], list[int]]) -> str:
         agg[0] += train
         agg[1] += ev
         agg[2] += 1
-    lines = ["### Held-out split", "", "| source | tasks | train rows | eval rows |", "|---|---:|---:|---:|"]
-    for source in sorted(per_source):
-        train, ev, n_tasks = per_source[source]
-        lines.append(f"| {source} | {n_tasks} | {train} | {ev} |")
-    return "\n".join(lines) + "\n"
+    rows = [(source, n_tasks, train, ev) for source, (train, ev, n_tasks) in sorted(per_source.items())]
+    return markdown.table(["source", "tasks", "train rows", "eval rows"], rows, "lrrr", title="Held-out split")
 
 
 def split(root: str, recipe: dict, dedup_manifest: dict) -> dict:

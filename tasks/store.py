@@ -70,6 +70,17 @@ def _fault(point: str) -> None:
         hook(point)
 
 
+def upstream_refs(obj) -> list[dict]:
+    """Every {step, key} reference nested in a manifest's `inputs`, in order."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("step"), str) and isinstance(obj.get("key"), str):
+            return [obj]
+        return [r for v in obj.values() for r in upstream_refs(v)]
+    if isinstance(obj, list):
+        return [r for v in obj for r in upstream_refs(v)]
+    return []
+
+
 def safe_name(name: str, what: str = "name") -> str:
     """Refuse names that could escape a directory (`..`, `/`, NUL, absolute paths)."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
@@ -235,9 +246,18 @@ class StepWriter:
     def write(self, name: str, schema: pa.Schema, data) -> None:
         self.table(name, schema).write(data)
 
-    def attach_file(self, name: str, data: bytes) -> None:
-        """A non-Parquet file kept with the step (a report, a validation result)."""
-        atomic_write_bytes(self.dir / safe_name(name, "file name"), data)
+    def attach_file(self, name: str, data: bytes | None = None, copy_of: Path | None = None) -> None:
+        """A non-Parquet file kept with the step (a report, a validation result, weights):
+        `data`, or a streamed copy of the file `copy_of` (weights can be large); atomic."""
+        dst = self.dir / safe_name(name, "file name")
+        if copy_of is None:
+            atomic_write_bytes(dst, data)
+        else:
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(copy_of, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dst)
         self.meta.setdefault("files", []).append(name)
 
     def commit(self) -> dict:
@@ -306,6 +326,16 @@ class ArtifactStore:
 
     def step_dir(self, step: str, key: str) -> Path:
         return self.inside(self.root / safe_name(step, "step") / safe_name(key, "key"))
+
+    def upstream(self, manifests: dict | list[dict], step: str, verify: bool = True) -> dict | None:
+        """The first published manifest of `step` that the given manifests read (their `inputs`)."""
+        for m in manifests if isinstance(manifests, list) else [manifests]:
+            for ref in upstream_refs(m.get("inputs", {})):
+                if ref["step"] == step:
+                    found = self.load(step, ref["key"], verify=verify)
+                    if found is not None:
+                        return found
+        return None
 
     def load(self, step: str, key: str, verify: bool = True) -> dict | None:
         """The step's manifest if it is published and every part verifies, else None."""

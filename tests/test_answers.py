@@ -9,7 +9,7 @@ import pytest
 
 from tasks.answers import choice_index, final_answer, is_bare_label, parse_answer, same_answer
 from tasks.evaluate.metrics import exact_match
-from tasks.ingest import READERS
+from tasks.ingest.registry import READERS
 from tasks.ingest.flan import FlanCotReader
 from tasks.recipe import parse_recipe
 from tasks.render import COT_TEMPLATES, render_cot

@@ -137,7 +137,7 @@ def test_template_text_change_recomputes_only_that_sources_convert(tmp_path, sto
 
 def test_version_bumps_change_the_keys_of_that_step(tmp_path, store, monkeypatch):
     from tasks import convert as convert_mod
-    from tasks.ingest import READERS
+    from tasks.ingest.registry import READERS
     from tasks.ingest import run as ingest_mod
 
     rd, files = _three_sources(tmp_path)

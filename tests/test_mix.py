@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from dedup_fixtures import deduplicated
 
 from tasks import catalog
 from tasks.errors import GateFailed, RecipeError, TunelineError
-from tasks.mix import check_stages, mix, read_stage
+from tasks.mix import check_stages, mix
 from tasks.schema import RECORDS, record_id
 from tasks.split import split
 from tasks.store import ArtifactStore, RunLog
@@ -30,6 +32,21 @@ SIZES = {
     "dolly": {"open_qa": 20, "brainstorming": 10},
     "sharegpt": {"conversation": 8},
 }
+
+
+def read_stage(root: str, mix_manifest: dict, stage: str, columns: list[str] | None = None) -> pa.Table:
+    """One stage's manifest rows in training order."""
+    store = ArtifactStore(root)
+    table = store.read(mix_manifest, "mixture", columns=None)
+    if table is None:
+        raise TunelineError(f"mix manifest {mix_manifest.get('dir')} has no mixture table")
+    rows = table.filter(pc.equal(table.column("stage"), stage))
+    if rows.num_rows == 0:
+        raise TunelineError(f"mixture has no rows for stage {stage!r}; stages: "
+                            f"{sorted(set(table.column('stage').to_pylist()))}")
+    rows = rows.sort_by("position")
+    return rows.select(columns) if columns else rows
+
 
 
 def record(source: str, task: str, i: int, words: int = 6) -> dict:

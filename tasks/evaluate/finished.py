@@ -13,27 +13,14 @@ def _one(store: ArtifactStore, step: str) -> dict:
     return found[-1]
 
 
-def _refs(obj) -> list[dict]:
-    """Every {step, key} reference nested in a manifest's inputs."""
-    if isinstance(obj, dict):
-        here = [obj] if isinstance(obj.get("step"), str) and isinstance(obj.get("key"), str) else []
-        return here + [r for v in obj.values() for r in _refs(v)]
-    if isinstance(obj, list):
-        return [r for v in obj for r in _refs(v)]
-    return []
-
-
 def _tokenizer_manifest(store: ArtifactStore, upstream: list[dict]) -> dict:
     # The tokenizer step is not published on its own; the mix and train manifests name it.
     latest = store.latest_manifests("tokenizer")
     if latest:
         return latest[-1]
-    for m in upstream:
-        for ref in _refs(m.get("inputs", {})):
-            if ref["step"] == "tokenizer":
-                found = store.load("tokenizer", ref["key"])
-                if found is not None:
-                    return found
+    found = store.upstream(upstream, "tokenizer")
+    if found is not None:
+        return found
     raise TunelineError(f"no tokenizer manifest found under {store.root} (looked in latest.json, mix and train inputs)")
 
 

@@ -7,10 +7,10 @@ newlines and carriage returns; a malformed row is an error naming file and row.
 from __future__ import annotations
 
 import csv
-import glob
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.config import glob_files
 from tasks.errors import TunelineError
 
 LETTERS = "ABCD"
@@ -83,12 +83,7 @@ def read_mmlu_csv(path: str | Path) -> list[MmluItem]:
 
 def mmlu_files(patterns: list[str], resolve=lambda p: p) -> list[str]:
     """Files the recipe's `evaluate.mmlu` globs name, sorted; a pattern matching nothing is an error."""
-    files: list[str] = []
-    for pattern in patterns:
-        found = sorted(p for p in glob.glob(resolve(pattern), recursive=True) if Path(p).is_file())
-        if not found:
-            raise MmluError(f"evaluate.mmlu: no file matches {pattern!r} (resolved to {resolve(pattern)})")
-        files.extend(found)
+    files = [f for pattern in patterns for f in glob_files(pattern, resolve(pattern), "evaluate.mmlu", MmluError)]
     return sorted(dict.fromkeys(files))
 
 

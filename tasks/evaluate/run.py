@@ -10,6 +10,7 @@ import duckdb
 import pyarrow as pa
 import torch
 
+from tasks import markdown, sql
 from tasks.config import Recipe, as_recipe
 from tasks.errors import RecipeError
 from tasks.evaluate.mmlu import mmlu_files, read_mmlu_csv
@@ -89,7 +90,7 @@ def load_heldout(store: ArtifactStore, split_manifest: dict, cap: int) -> tuple[
     files = [str(p) for p in store.paths(split_manifest, "records_eval")]
     if not files:
         return [], 0
-    lst = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+    lst = sql.path_list(files)
     con = duckdb.connect()
     try:
         total = con.execute(f"SELECT count(*) FROM read_parquet({lst})").fetchall()[0][0]
@@ -106,11 +107,9 @@ def item_without_metric(reason: str) -> bool:
 
 
 def _markdown(stage: str, rows: list[dict]) -> str:
-    lines = [f"### evaluate: {stage}", "", "| suite | metric | source | value | n |", "|---|---|---|---|---|"]
-    for r in rows:
-        if r["task"] is None:
-            lines.append(f"| {r['suite']} | {r['metric']} | {r['source'] or 'all'} | {r['value']:.4g} | {r['n']} |")
-    return "\n".join(lines) + "\n"
+    return markdown.table(["suite", "metric", "source", "value", "n"],
+                          [(r["suite"], r["metric"], r["source"] or "all", f"{r['value']:.4g}", r["n"])
+                           for r in rows if r["task"] is None], title=f"evaluate: {stage}")
 
 
 def evaluate_loaded(sc: Scorer, records: list[dict], questions: list, cfg) -> SuiteResult:

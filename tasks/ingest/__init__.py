@@ -1,7 +1,8 @@
 """Source-format readers, selected by name from `READERS` (recipes never name import paths).
 
-A reader module defines one or more `Reader` subclasses and registers them with
-`@register`. Registered names: `dolly`, `sharegpt`, `openai`, `alpaca`, `oasst`, `super_ni`, `text`, `flan` (FLAN collection records;
+A reader module defines one or more `Reader` subclasses (tasks/ingest/reader.py) and
+registers them with `@register`; `tasks.ingest.registry` imports every reader module and
+holds `READERS`. Registered names: `dolly`, `sharegpt`, `openai`, `alpaca`, `oasst`, `super_ni`, `text`, `flan` (FLAN collection records;
 a `.tsv` path is read as FLAN CoT), `flan_cot`, `p3` (P3 records; with `templates:` it
 behaves as `promptsource`) and `promptsource`.
 
@@ -28,21 +29,3 @@ Field checks reject with reasons `missing_field`, `null_field`, `wrong_type`,
 `empty_field`, naming the field in `detail`. `lang` is left None by every reader: the
 validate step fills it (one language detector for all sources).
 """
-from __future__ import annotations
-
-import importlib
-
-from tasks.ingest.reader import POOL_ROWS, READERS, Reader, check_sources, register
-
-#: The reader modules; each registers its readers when imported. One that fails to import
-#: stops Tuneline at start-up with the module's name and error (never a partial registry).
-READER_MODULES = ("alpaca", "dolly", "flan", "oasst", "openai", "p3", "sharegpt", "super_ni", "text")
-
-for _module in READER_MODULES:
-    try:
-        importlib.import_module(f"tasks.ingest.{_module}")
-    except Exception as exc:
-        raise ImportError(f"reader module tasks.ingest.{_module} failed to import: "
-                          f"{type(exc).__name__}: {exc}") from exc
-
-__all__ = ["POOL_ROWS", "READERS", "READER_MODULES", "Reader", "check_sources", "register"]

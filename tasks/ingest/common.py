@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import IO, Iterator
 
+from tasks import sql
 from tasks.errors import RecipeError
 from tasks.schema import record_id, reject_row, turn_text
 
@@ -209,7 +210,7 @@ def iter_duckdb_lines(uri: str, batch_size: int = 8192) -> Iterator[tuple[int, b
     """(1-based line number, line bytes) of a text file read through DuckDB (`hf://` URIs)."""
     import duckdb
 
-    literal = "'" + uri.replace("'", "''") + "'"
+    literal = sql.literal(uri)
     con = duckdb.connect()
     try:
         # one VARCHAR column: a delimiter byte that text never holds, no quoting, no sniffing
@@ -222,11 +223,6 @@ def iter_duckdb_lines(uri: str, batch_size: int = 8192) -> Iterator[tuple[int, b
                 yield n, (line or "").rstrip("\r").encode("utf-8")
     finally:
         con.close()
-
-
-def looks_like_json_document(path: str) -> bool:
-    """True for `.json` files (a document), False for `.jsonl`/`.ndjson` (one object per line)."""
-    return base_suffix(path) == ".json"
 
 
 def iter_csv(path: str, delimiter: str = ",") -> Iterator[tuple]:
@@ -292,7 +288,7 @@ def iter_duckdb(uri: str, batch_size: int = 8192) -> Iterator[tuple]:
         raise ValueError(f"{uri}: cannot tell the file type from suffix {suffix!r}")
     con = duckdb.connect()
     try:
-        literal = "'" + uri.replace("'", "''") + "'"  # a quoted SQL string literal
+        literal = sql.literal(uri)
         reader = con.sql(f"SELECT * FROM {fn}({literal})").to_arrow_reader(batch_size)
         n = 0
         for batch in reader:

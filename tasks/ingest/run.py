@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tasks.config import as_recipe
 from tasks.errors import InputError
-from tasks.ingest import READERS
+from tasks.ingest.registry import READERS
 from tasks.schema import RAW, REJECTS, reject_row
 from tasks.step import Progress, run_step
 from tasks.store import ArtifactStore, file_sha256

@@ -63,25 +63,10 @@ class TrainingFailed(TunelineError):
 
 def validate_manifest_of(store: ArtifactStore, mix_manifest: dict) -> dict:
     """The validate manifest the mix step read (recorded in its `inputs`)."""
-    refs = []
-
-    def walk(x):
-        if isinstance(x, dict):
-            if x.get("step") == "validate" and "key" in x:
-                refs.append(x)
-            else:
-                for v in x.values():
-                    walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-
-    walk(mix_manifest.get("inputs"))
-    if not refs:
-        raise TunelineError(f"mix manifest {mix_manifest.get('dir')}: its inputs name no validate manifest")
-    found = store.load("validate", refs[0]["key"])
+    found = store.upstream(mix_manifest, "validate")
     if found is None:
-        raise TunelineError(f"validate manifest {refs[0]['key']} (input of mix) is not published or does not verify")
+        raise TunelineError(f"mix manifest {mix_manifest.get('dir')}: the validate manifest its inputs name is "
+                            f"missing, not published or does not verify")
     return found
 
 
@@ -211,17 +196,6 @@ def report(stage: str, log: list[dict], stats: dict) -> str:
     return "\n".join(lines)
 
 
-def _publish_file(writer, src: Path) -> None:
-    """Copy one output file into the step directory (streamed: weights can be large) and list it."""
-    dst = writer.dir / src.name
-    tmp = writer.dir / f".{src.name}.tmp"
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst)
-    writer.meta.setdefault("files", []).append(src.name)
-
-
 def _rejects(rows_path: Path, dropped: list[dict], stage: str) -> list[dict]:
     if not dropped:
         return []
@@ -274,7 +248,7 @@ def train_stage(root: str, recipe: dict, mix_manifest: dict, tokenizer_manifest:
         writer.write("rejects", REJECTS, _rejects(work / "rows.parquet", dropped, stage))
         for f in sorted(out.iterdir()):
             if f.is_file() and f.name not in TABLE_FILES:
-                _publish_file(writer, f)
+                writer.attach_file(f.name, copy_of=f)
         result = json.loads((out / "result.json").read_text())
         writer.stats.update(
             rows_in=n_rows, rows_out=n_rows - len(dropped), rows_rejected=len(dropped), stage=stage,

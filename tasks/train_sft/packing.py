@@ -192,24 +192,3 @@ def packed_attn_implementation(device: str) -> str:
 
 
 # -- per-example loss (tests, audits) ------------------------------------------------
-def per_example_loss(model, batch: Batch) -> list[float]:
-    """Mean token loss of each example of a batch (packed or padded), in `batch.example_index` order."""
-    inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
-    with torch.no_grad():
-        logits = model(**inputs).logits.float()
-    labels = batch.inputs["labels"]
-    logp = torch.nn.functional.cross_entropy(
-        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="none"
-    )
-    valid = labels[:, 1:] != IGNORE
-    out = []
-    if "cu_seq_lens_q" in batch.inputs:
-        cu = batch.inputs["cu_seq_lens_q"].tolist()
-        for s, e in zip(cu[:-1], cu[1:]):
-            # token t's loss sits at t-1 after the shift; an example's tokens are s..e-1
-            seg, v = logp[0, s : e - 1], valid[0, s : e - 1]
-            out.append(float(seg[v].sum() / v.sum().clamp(min=1)))
-    else:
-        for r in range(labels.shape[0]):
-            out.append(float(logp[r][valid[r]].sum() / valid[r].sum().clamp(min=1)))
-    return out

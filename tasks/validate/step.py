@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import decontam
+from tasks import decontam, markdown, sql
 from tasks.config import Recipe, as_recipe
 from tasks.errors import GateFailed
 from tasks.langid import languages_later
@@ -176,7 +176,7 @@ def _table_checks(files: list[Path], suite: Suite, outcomes: dict, active: set, 
     import duckdb
 
     con = duckdb.connect()
-    src = "read_parquet([" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "])" if files else None
+    src = f"read_parquet({sql.path_list(files)})" if files else None
     for e in suite.at("table"):
         if e.name not in active:
             continue
@@ -306,24 +306,19 @@ class Breakdown:
             self.examples[key] += examples[: EXAMPLES_PER_REASON - len(self.examples[key])]
 
     def markdown(self) -> str:
-        lines = ["### Per source and task", "", "| source | task | rows in | kept | rejected | reason | rows | examples |",
-                 "|---|---|---:|---:|---:|---|---:|---|"]
+        rows = []
         for (source, task), n_in in sorted(self.rows_in.items()):
             reasons = sorted(((r, n) for (s, t, r), n in self.rejected.items() if (s, t) == (source, task)),
                              key=lambda x: -x[1])
             n_rej = sum(n for _, n in reasons)
-            head = f"| {source} | {task} | {n_in} | {n_in - n_rej} | {n_rej} |"
+            head = (source, task, n_in, n_in - n_rej, n_rej)
             if not reasons:
-                lines.append(f"{head} | | |")
+                rows.append((*head, None, None, None))
             for i, (reason, n) in enumerate(reasons):
-                cells = "<br>".join(_cell(e) for e in self.examples[(source, task, reason)])
-                lines.append(f"{head if i == 0 else '| | | | | |'} {reason} | {n} | {cells} |")
-        return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    """Text fit for one markdown table cell."""
-    return " ".join(text.split()).replace("|", "\\|")
+                examples = "<br>".join(self.examples[(source, task, reason)])  # cells fold whitespace
+                rows.append((*(head if i == 0 else [None] * 5), reason, n, examples))
+        return markdown.table(["source", "task", "rows in", "kept", "rejected", "reason", "rows", "examples"], rows,
+                              "llrrrlrl", title="Per source and task")
 
 
 def _count(per_source: dict, df: pl.DataFrame, kept: pl.DataFrame, clean: pl.DataFrame) -> None:
@@ -373,8 +368,7 @@ def _report(suite: Suite, outcomes: dict, source_frame: pl.DataFrame, per_bench:
              f"Suite `{suite.file}` ({len(suite.expectations)} expectations).", ""]
     if failures:
         lines += ["### Gate failures", ""] + [f"- {f}" for f in failures] + [""]
-    lines += ["| expectation | level | type | result | unexpected | GE sample unexpected | sample ids |",
-              "|---|---|---|---|---|---|---|"]
+    rows = []
     for name, o in outcomes.items():
         if o.skipped:
             result = f"skipped ({o.skipped})"
@@ -385,13 +379,14 @@ def _report(suite: Suite, outcomes: dict, source_frame: pl.DataFrame, per_bench:
         else:
             result = "pass" if not o.unexpected and o.ge_success else "FAIL"
         ids = ", ".join(f"`{i}`" for i in o.sample_ids)
-        lines.append(f"| {name} | {o.e.level} | {o.e.type} | {result} | {o.unexpected} | {o.ge_unexpected} | {ids} |")
-    lines += ["", "### Per source", "", "| source | in | rejected | contaminated | valid | reject share |",
-              "|---|---|---|---|---|---|"]
-    for r in source_frame.iter_rows(named=True):
-        lines.append(f"| {r['source']} | {r['rows_in']} | {r['rows_rejected']} | {r['rows_contaminated']} | "
-                     f"{r['rows_valid']} | {r['reject_share']:.1%} |")
-    lines += ["", f"### Decontamination ({matcher.n_prompts} eval prompts, {matcher.n}-grams; "
+        rows.append((name, o.e.level, o.e.type, result, o.unexpected, o.ge_unexpected, ids))
+    lines.append(markdown.table(["expectation", "level", "type", "result", "unexpected", "GE sample unexpected",
+                                 "sample ids"], rows))
+    lines.append(markdown.table(["source", "in", "rejected", "contaminated", "valid", "reject share"],
+                                [(r["source"], r["rows_in"], r["rows_rejected"], r["rows_contaminated"],
+                                  r["rows_valid"], f"{r['reject_share']:.1%}")
+                                 for r in source_frame.iter_rows(named=True)], title="Per source"))
+    lines += [f"### Decontamination ({matcher.n_prompts} eval prompts, {matcher.n}-grams; "
                   f"{matcher.n_boilerplate} template n-grams shared by many eval items not matched)", ""]
     lines += [f"- {b}: {n} rows removed" for b, n in sorted(per_bench.items())] or ["- no contaminated rows"]
     return "\n".join(lines) + "\n"

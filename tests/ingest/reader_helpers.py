@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from tasks.ingest import READERS
+from tasks.ingest.registry import READERS
 from tasks.recipe import parse_recipe
 
 

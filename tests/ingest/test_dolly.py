@@ -1,7 +1,7 @@
 """Dolly reader on native JSONL written by the test."""
 import json
 
-from tasks.ingest import READERS
+from tasks.ingest.registry import READERS
 from tasks.recipe import parse_recipe
 from tasks.render import DOLLY_TEMPLATES
 

@@ -146,7 +146,7 @@ def test_parquet_and_role_mapping(tmp_path):
 
     p = tmp_path / "c.parquet"
     pq.write_table(pa.table({"conv": [[{"speaker": "me", "text": "hi"}, {"speaker": "bot", "text": "hello"}]]}), p)
-    from tasks.ingest import READERS
+    from tasks.ingest.registry import READERS
     from tasks.recipe import parse_recipe
 
     rc = parse_recipe({"sources": [{"name": "s", "format": "openai", "path": str(p), "options": {"columns": {

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from tasks.errors import RecipeError
-from tasks.ingest import READERS
+from tasks.ingest.registry import READERS
 from tasks.recipe import parse_recipe
 from tasks.render import PSTemplate, RenderError, render_promptsource
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tasks.ingest import READERS
+from tasks.ingest.registry import READERS
 from tasks.recipe import parse_recipe
 
 

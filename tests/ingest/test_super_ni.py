@@ -5,7 +5,7 @@ import pytest
 
 from tasks.decontam import SHOTS_CHARS
 from tasks.errors import RecipeError
-from tasks.ingest import READERS
+from tasks.ingest.registry import READERS
 from tasks.recipe import parse_recipe
 
 

@@ -4,7 +4,7 @@ import json
 
 from reader_helpers import records, rejects, run_reader
 
-from tasks.ingest import READERS
+from tasks.ingest.registry import READERS
 from tasks.recipe import parse_recipe
 
 

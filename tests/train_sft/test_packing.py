@@ -11,6 +11,30 @@ from tasks.tokens import chat
 from tasks.train_sft import packing
 
 
+def per_example_loss(model, batch: packing.Batch) -> list[float]:
+    """Mean token loss of each example of a batch (packed or padded), in `batch.example_index` order."""
+    inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
+    with torch.no_grad():
+        logits = model(**inputs).logits.float()
+    labels = batch.inputs["labels"]
+    logp = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=chat.IGNORE, reduction="none"
+    )
+    valid = labels[:, 1:] != chat.IGNORE
+    out = []
+    if "cu_seq_lens_q" in batch.inputs:
+        cu = batch.inputs["cu_seq_lens_q"].tolist()
+        for s, e in zip(cu[:-1], cu[1:]):
+            # token t's loss sits at t-1 after the shift; an example's tokens are s..e-1
+            seg, v = logp[0, s : e - 1], valid[0, s : e - 1]
+            out.append(float(seg[v].sum() / v.sum().clamp(min=1)))
+    else:
+        for r in range(labels.shape[0]):
+            out.append(float(logp[r][valid[r]].sum() / valid[r].sum().clamp(min=1)))
+    return out
+
+
+
 def test_pack_ffd_bins_every_example_once_within_max_len():
     rng = random.Random(0)
     lengths = [rng.randint(1, 50) for _ in range(300)]
@@ -49,11 +73,11 @@ def test_packed_batch_gives_the_same_per_example_loss_as_one_by_one(model_and_ex
     assert any(len(b) > 1 for b in bins)
     order = [i for b in bins for i in b]
     model.set_attn_implementation("sdpa")
-    alone = [packing.per_example_loss(model, packing.padded_batch(ex, [i], tok.pad_token_id))[0] for i in order]
+    alone = [per_example_loss(model, packing.padded_batch(ex, [i], tok.pad_token_id))[0] for i in order]
     model.set_attn_implementation(packing.register())
     batch = packing.packed_batch(ex, order)
     assert batch.inputs["position_ids"][0, : len(ex[order[0]][0]) + 1].tolist()[-1] == 0  # restarts per example
-    packed = packing.per_example_loss(model, batch)
+    packed = per_example_loss(model, batch)
     assert packed == pytest.approx(alone, abs=1e-5)
     # the model's own loss over the packed row equals the token-weighted mean of the examples alone
     n = [sum(1 for v in ex[i][1][1:] if v != chat.IGNORE) for i in order]
@@ -75,6 +99,6 @@ def test_padded_batch_matches_one_by_one(model_and_examples):
     model, tok, ex = model_and_examples
     model.set_attn_implementation("sdpa")
     order = list(range(8))
-    alone = [packing.per_example_loss(model, packing.padded_batch(ex, [i], tok.pad_token_id))[0] for i in order]
-    padded = packing.per_example_loss(model, packing.padded_batch(ex, order, tok.pad_token_id))
+    alone = [per_example_loss(model, packing.padded_batch(ex, [i], tok.pad_token_id))[0] for i in order]
+    padded = per_example_loss(model, packing.padded_batch(ex, order, tok.pad_token_id))
     assert padded == pytest.approx(alone, abs=1e-5)
