@@ -42,6 +42,7 @@ from tasks.config import Recipe, TrainConfig, as_recipe
 from tasks.errors import TunelineError
 from tasks.model import ADAPTER_CONFIG, is_adapter, load_stage, resolve_device, weights_sha256
 from tasks.progress import Progress
+from tasks.store import ArtifactStore
 from tasks.tokens import chat
 from tasks.train_sft import packing
 
@@ -223,8 +224,6 @@ def build_model(st: Stage, attn: str):
         st.adapter_base = init.get("stats", {}).get("adapter_base")
         base_manifest = None
         if st.adapter_base is not None:
-            from tasks.store import ArtifactStore
-
             base_manifest = ArtifactStore(root).load(st.adapter_base["step"], st.adapter_base["key"])
         base = load_stage(root, st.recipe, st.tokenizer, base_manifest, dtype, attn, merge=True)
         return PeftModel.from_pretrained(base, str(Path(root) / init["dir"]), is_trainable=True)
