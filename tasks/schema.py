@@ -1,4 +1,4 @@
-"""Arrow schemas of the artifacts every step exchanges (DESIGN.md §4).
+"""Arrow schemas of the artifacts every step exchanges (docs/ARCHITECTURE.md, "The canonical record").
 
 One place defines each table kind; readers, transforms and the catalog all use it.
 """

@@ -57,7 +57,7 @@ def group_hash(seed: int, source: str, group: str) -> int:
     """The seeded 64-bit hash that decides a group's side."""
     # \x1f (unit separator) cannot be confused with text inside the parts.
     # The task is not hashed: promptsource names a task per template, and the template
-    # variants of one example must land on the same side (DESIGN.md: no leak by template).
+    # variants of one example must land on the same side (no leak by template: docs/ARCHITECTURE.md, the canonical record).
     return xxhash.xxh64_intdigest(f"{seed}\x1f{source}\x1f{group}".encode("utf-8"))
 
 

@@ -1,5 +1,5 @@
 """Training and evaluation code runs where Prefect is not installed (a bare GPU box):
-the Prefect tasks call it, it never imports Prefect (DESIGN.md §6)."""
+the Prefect tasks call it, it never imports Prefect (docs/ARCHITECTURE.md: tasks/ never imports Prefect)."""
 import subprocess
 import sys
 from pathlib import Path

@@ -6,7 +6,7 @@ holds `READERS`. Registered names: `dolly`, `sharegpt`, `openai`, `alpaca`, `oas
 a `.tsv` path is read as FLAN CoT), `flan_cot`, `p3` (P3 records; with `templates:` it
 behaves as `promptsource`) and `promptsource`.
 
-Contract (DESIGN.md §3.3), all classmethods:
+Contract (docs/ARCHITECTURE.md, "How to add a reader"), all classmethods:
 
 - ``check_source(recipe, source)``: recipe-time checks (options, template files);
   raises RecipeError naming the file. Reads no data rows.
