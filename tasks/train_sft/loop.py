@@ -68,8 +68,8 @@ class LabelAuditError(TunelineError):
 
 
 @dataclass
-class Stage:
-    """Everything the phases share."""
+class TrainingState:
+    """One stage's training run: everything the phases (load, setup, train, save) share."""
 
     cfg: dict
     recipe: Recipe
@@ -95,12 +95,12 @@ class Stage:
 
 
 # -- phase 1: load ------------------------------------------------------------------
-def load(cfg: dict) -> Stage:
+def load(cfg: dict) -> TrainingState:
     """Tokenizer, rows, tokenisation and the label-mask audit (refuses bad masks)."""
     from transformers import AutoTokenizer
 
     recipe = as_recipe(cfg["recipe"])
-    st = Stage(cfg=cfg, recipe=recipe, train=recipe.train, work=Path(cfg["work_dir"]), out=Path(cfg["out_dir"]))
+    st = TrainingState(cfg=cfg, recipe=recipe, train=recipe.train, work=Path(cfg["work_dir"]), out=Path(cfg["out_dir"]))
     st.tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer_dir"])
     st.rows = pq.read_table(cfg["rows_path"])
     audit, dropped = tokenize(st)
@@ -123,7 +123,7 @@ def drop_reason(enc: chat.Encoded, strict: bool) -> str | None:
     return None
 
 
-def tokenize(st: Stage) -> tuple[list[dict], list[dict]]:
+def tokenize(st: TrainingState) -> tuple[list[dict], list[dict]]:
     """Encode every row (in record batches); returns the audit rows and the rows not trained."""
     audit, dropped = [], []
     strict = st.recipe.on_error == "strict"
@@ -148,7 +148,7 @@ def tokenize(st: Stage) -> tuple[list[dict], list[dict]]:
     return audit, dropped
 
 
-def check_audit(st: Stage, audit: list[dict]) -> None:
+def check_audit(st: TrainingState, audit: list[dict]) -> None:
     """No kept row without trained tokens; sampled decoded trained spans equal the assistant text."""
     empty = [a for a in audit if not a["dropped"] and a["trained_tokens"] == 0]
     if empty:
@@ -176,7 +176,7 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def setup(st: Stage) -> None:
+def setup(st: TrainingState) -> None:
     """Accelerator, model (from the base or the previous stage), LoRA, optimizer, bins, resume point."""
     from accelerate import Accelerator
 
@@ -207,7 +207,7 @@ def setup(st: Stage) -> None:
     resume(st)
 
 
-def build_model(st: Stage, attn: str):
+def build_model(st: TrainingState, attn: str):
     """The stage's starting model: base, or the previous stage (merged, or its adapter continued)."""
     init = st.cfg.get("init")
     root = st.cfg["root"]
@@ -241,15 +241,15 @@ def build_model(st: Stage, attn: str):
 
 
 # -- checkpoints ----------------------------------------------------------------------
-def _unwrapped(st: Stage):
+def _unwrapped(st: TrainingState):
     return st.accelerator.unwrap_model(st.model)
 
 
-def trainable_state(st: Stage) -> dict[str, torch.Tensor]:
+def trainable_state(st: TrainingState) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in _unwrapped(st).named_parameters() if p.requires_grad}
 
 
-def checkpoint(st: Stage, step: int) -> None:
+def checkpoint(st: TrainingState, step: int) -> None:
     """Write checkpoint `step` (steps done) atomically: files, then the marker, then the rename."""
     from safetensors.torch import save_file
 
@@ -281,7 +281,7 @@ def complete_checkpoints(work: Path) -> list[Path]:
     return sorted(p for p in (work / "checkpoints").glob("step-*") if (p / COMPLETE).exists())
 
 
-def resume(st: Stage) -> None:
+def resume(st: TrainingState) -> None:
     """Load the newest complete checkpoint, if any: weights, optimizer, RNG, log."""
     from safetensors.torch import load_file
 
@@ -314,7 +314,7 @@ def lr_at(train: TrainConfig, step: int, total: int) -> float:
     return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def step_bins(st: Stage, step: int) -> list[list[int]]:
+def step_bins(st: TrainingState, step: int) -> list[list[int]]:
     """The bins of optimizer step `step` for all processes (the epoch loop wraps around)."""
     per_step = st.train.batch_size * st.train.grad_accum * st.accelerator.num_processes
     n = len(st.bins)
@@ -323,7 +323,7 @@ def step_bins(st: Stage, step: int) -> list[list[int]]:
     return [st.bins[i % n] for i in ids]
 
 
-def micro_batches(st: Stage, bins: list[list[int]]) -> list[packing.Batch]:
+def micro_batches(st: TrainingState, bins: list[list[int]]) -> list[packing.Batch]:
     """This process's micro-batches of a step: rank r takes every world-th group of batch_size bins."""
     bs, world, rank = st.train.batch_size, st.accelerator.num_processes, st.accelerator.process_index
     groups = [bins[i : i + bs] for i in range(0, len(bins), bs)]
@@ -338,7 +338,7 @@ def micro_batches(st: Stage, bins: list[list[int]]) -> list[packing.Batch]:
     return out
 
 
-def train(st: Stage) -> None:
+def train(st: TrainingState) -> None:
     """Optimizer steps from the resume point; loss is the mean over the step's trained tokens."""
     model, acc = st.model, st.accelerator
     model.train()
@@ -391,7 +391,7 @@ def train(st: Stage) -> None:
 
 
 # -- phase 4: save ------------------------------------------------------------------
-def save(st: Stage) -> None:
+def save(st: TrainingState) -> None:
     """Weights (or adapter), tokenizer, args, result and logs into out_dir, then the marker."""
     st.accelerator.wait_for_everyone()
     if not is_main():
@@ -420,7 +420,7 @@ def save(st: Stage) -> None:
 
 
 # -- phase 5: cleanup ---------------------------------------------------------------
-def cleanup(st: Stage | None) -> None:
+def cleanup(st: TrainingState | None) -> None:
     """Free the process group and the accelerator state (so an in-process rerun starts clean)."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
