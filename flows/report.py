@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import time
 
-from tasks import catalog, plots
+from tasks import catalog, html_report, plots
 from tasks.step import logger
 from tasks.store import ArtifactStore, RunLog, atomic_write_bytes
 
@@ -98,12 +98,13 @@ def _prefect_markdown(key: str, markdown: str, description: str) -> None:
 def _eval_comparison(store: ArtifactStore, run_id: str, manifests: list[dict]):
     """Base vs every stage: `<out>/eval_comparison.md`, the `eval-comparison` table artifact,
     and the figure (returned: its path, or None)."""
-    from tasks.evaluate.report import REPORT_FILE, comparison_table, table_markdown, table_plain
+    from tasks.evaluate.report import INTERVAL, REPORT_FILE, comparison_table, table_markdown, table_plain
 
     table = comparison_table(str(store.root), manifests)
     atomic_write_bytes(store.root / REPORT_FILE, table_markdown(table).encode())
-    _artifact("table", "eval-comparison", f"Evaluation, base vs stages (± standard error, Δ to base, (noise) "
-              f"within 1.96 combined standard errors); also {store.root / REPORT_FILE}", table=table_plain(table))
+    _artifact("table", "eval-comparison", f"Evaluation, base vs stages: value [{INTERVAL}], Δ to base, (noise) "
+              f"where the 95% interval of the difference holds 0; also {store.root / REPORT_FILE}",
+              table=table_plain(table))
     return plots.save(store.root / plots.FIGURES / run_id, "evaluation", plots.evaluation(table))
 
 
@@ -125,8 +126,6 @@ def run_report(root: str, run_id: str, recipe_path: str) -> str:
     """The run's static HTML report, and a `run-report` artifact of the pipeline run that
     links it and every step's report artifact. Returns the HTML file's path."""
     from prefect.settings import PREFECT_UI_URL
-
-    from tasks import html_report
 
     path = html_report.write(root, run_id, recipe_path)
     ui = (PREFECT_UI_URL.value() or "").rstrip("/")

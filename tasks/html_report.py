@@ -66,16 +66,14 @@ def _figure(root: Path, run_id: str, name: str, caption: str) -> str:
 def _evaluation(store: ArtifactStore) -> str:
     if not store.latest().get("evaluate"):
         return ""  # and no import of tasks.evaluate (torch: seconds)
-    from tasks.evaluate.report import Z, comparison_table
+    from tasks.evaluate.report import NOTE, comparison_table
 
     table = comparison_table(str(store.root), store.latest_manifests("evaluate"))
     if not table:
         return ""
     cols = [c for c in table[0] if not c.startswith("_")]
     rows = [tuple(r[c] for c in cols) for r in table]
-    return _table(cols, rows) + (f'<p class="muted">± one standard error (binomial; an upper bound for ROUGE-L; '
-                                 f"none for loss and perplexity). Δ: stage minus base; (noise): within {Z} combined "
-                                 "standard errors.</p>")
+    return _table(cols, rows) + f'<p class="muted">{html.escape(NOTE)}</p>'
 
 
 def write(root: str | Path, run_id: str, recipe: str = "") -> Path:

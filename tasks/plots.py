@@ -8,6 +8,8 @@ import base64
 import io
 from pathlib import Path
 
+from tasks.store import atomic_write_bytes
+
 FIGURES = "figures"
 
 
@@ -63,9 +65,9 @@ def mixture_shares(report: list[dict]) -> bytes | None:
 
 
 def evaluation(table: list[dict]) -> bytes | None:
-    """Each model's value ± standard error for the bounded metrics over all sources
+    """Each model's value and 95% Wilson interval for the bounded metrics over all sources
     (rows of `tasks.evaluate.report.comparison_table`), one panel per suite and metric."""
-    rows = [r for r in table if r["source"] == "all" and any(r[k]["stderr"] is not None
+    rows = [r for r in table if r["source"] == "all" and any(r[k]["low"] is not None
                                                              for k in r if k.startswith("_"))]
     if not rows:
         return None
@@ -74,18 +76,19 @@ def evaluation(table: list[dict]) -> bytes | None:
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4), squeeze=False, layout="constrained")
     for ax, r in zip(axes[0], rows):
         cells = [r[f"_{m}"] for m in models]
-        ax.bar(range(len(models)), [c["value"] or 0 for c in cells], yerr=[c["stderr"] or 0 for c in cells],
-               capsize=4, color=["#999"] + ["C0"] * (len(models) - 1))
+        values = [c["value"] or 0 for c in cells]
+        below = [v - c["low"] if c["low"] is not None else 0 for v, c in zip(values, cells)]
+        above = [c["high"] - v if c["high"] is not None else 0 for v, c in zip(values, cells)]
+        ax.bar(range(len(models)), values, yerr=[below, above], capsize=4,
+               color=["#999"] + ["C0"] * (len(models) - 1))
         ax.set_xticks(range(len(models)), [m.split(":", 1)[1] for m in models])
         ax.set(title=f"{r['suite']} {r['metric']}\n(n={r['n']})", ylim=(0, 1))
-    fig.suptitle("Evaluation per model (± one standard error)")
+    fig.suptitle("Evaluation per model (95% Wilson score interval)")
     return _png(fig)
 
 
 def save(directory: str | Path, name: str, png: bytes | None) -> Path | None:
     """Write `<directory>/<name>.png` (atomically); None when there is nothing to draw."""
-    from tasks.store import atomic_write_bytes
-
     if png is None:
         return None
     path = Path(directory) / f"{name}.png"

@@ -1,12 +1,10 @@
-"""The evaluation table people read: rounded values, n, standard errors, noise marked."""
+"""The evaluation table people read: rounded values, n, 95% Wilson intervals, noise marked."""
 from __future__ import annotations
-
-import math
 
 import pytest
 
 from tasks.evaluate import EVAL
-from tasks.evaluate.report import comparison_table, stderr, table_markdown
+from tasks.evaluate.report import comparison_table, difference_interval, table_markdown, wilson
 from tasks.step import run_step
 
 STAGES = [(0, "base"), (1, "nlp"), (2, "chat")]
@@ -14,6 +12,7 @@ STAGES = [(0, "base"), (1, "nlp"), (2, "chat")]
 CELLS = {
     "accuracy": ([0.50, 0.52, 0.90], 100),
     "exact_match": ([0.0, 0.0, 0.0], 40),
+    "mc_accuracy": ([0.0, 0.1, 0.125], 40),  # 0, 4 and 5 of 40
     "loss": ([2.3456789, 2.1, 1.9], 5000),
 }
 
@@ -33,22 +32,42 @@ def _eval_manifests(store):
     return manifests
 
 
-def test_stderr_is_binomial_for_bounded_means_only():
-    assert stderr("accuracy", 0.5, 100) == pytest.approx(0.05)
-    assert stderr("mc_accuracy_norm", 0.9, 100) == pytest.approx(math.sqrt(0.09 / 100))
-    assert stderr("loss", 2.3, 5000) is None and stderr("accuracy", None, 10) is None
+def test_wilson_interval_is_not_empty_at_0_and_1():
+    assert wilson("accuracy", 0.5, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    assert wilson("mmlu_accuracy", 0.0, 36) == pytest.approx((0.0, 0.0964), abs=1e-4)  # 0 of 36: not ± 0
+    assert wilson("mmlu_accuracy", 1.0, 36) == pytest.approx((0.9036, 1.0), abs=1e-4)
+    low, high = wilson("mc_accuracy_norm", 0.9, 100)
+    assert low < 0.9 < high and high - 0.9 < 0.9 - low  # asymmetric near the bound
+    assert wilson("loss", 2.3, 5000) is None and wilson("accuracy", None, 10) is None
 
 
-def test_table_rounds_counts_errors_and_marks_noise(store):
+def test_difference_interval_holds_zero_for_noise_only():
+    base = wilson("accuracy", 0.0, 40)
+    four, five = wilson("accuracy", 0.1, 40), wilson("accuracy", 0.125, 40)
+    assert difference_interval(0.1, four, 0.0, base)[0] < 0  # 4 of 40 vs 0 of 40: could be noise
+    assert difference_interval(0.125, five, 0.0, base)[0] > 0  # 5 of 40 vs 0 of 40: not
+    low, high = difference_interval(0.0, base, 0.0, base)
+    assert low < 0 < high and high == pytest.approx(0.0876, abs=1e-4)
+
+
+def test_table_rounds_counts_intervals_and_marks_noise(store):
     table = comparison_table(str(store.root), _eval_manifests(store))
     by = {r["metric"]: r for r in table}
     acc = by["accuracy"]
     assert acc["n"] == 100
-    assert acc["0:base"] == "0.5000 ± 0.0500" and acc["1:nlp"] == "0.5200 ± 0.0500"
-    assert acc["1:nlp Δ"] == "+0.0200 (noise)"  # 0.02 < 1.96 * sqrt(2) * 0.05
+    assert acc["0:base"] == "0.5000 [0.4038, 0.5962]" and acc["1:nlp"] == "0.5200 [0.4232, 0.6154]"
+    assert acc["1:nlp Δ"] == "+0.0200 (noise)"
     assert acc["2:chat Δ"] == "+0.4000"  # far outside the noise
-    assert by["loss"]["0:base"] == "2.3457" and by["loss"]["2:chat Δ"] == "-0.4457"  # no error bar, no mark
+    # p = 0: a non-zero upper bound, and differences judged with it (a ± standard error is 0 there,
+    # which called 4 of 40 against 0 of 40 a real gain)
+    mc = by["mc_accuracy"]
+    assert mc["0:base"] == "0.0000 [0.0000, 0.0876]" and mc["n"] == 40
+    assert mc["1:nlp Δ"] == "+0.1000 (noise)" and mc["2:chat Δ"] == "+0.1250"
+    assert by["exact_match"]["0:base"] == "0.0000 [0.0000, 0.0876]" and by["exact_match"]["1:nlp Δ"] == "+0.0000 (noise)"
+    assert by["loss"]["0:base"] == "2.3457" and by["loss"]["2:chat Δ"] == "-0.4457"  # no interval, no mark
     assert table[-1]["metric"] == "exact_match"  # all-zero rows last
     md = table_markdown(table)
+    assert "### Evaluation: base vs stages (value [95% Wilson score interval])" in md
     assert "| suite | metric | source | n | 0:base | 1:nlp | 1:nlp Δ | 2:chat | 2:chat Δ |" in md
-    assert "| heldout | accuracy | all | 100 | 0.5000 ± 0.0500 |" in md and "(noise): within 1.96" in md
+    assert "| heldout | accuracy | all | 100 | 0.5000 [0.4038, 0.5962] |" in md
+    assert "(noise): the 95% interval of the difference" in md

@@ -75,7 +75,8 @@ def test_html_report_is_one_file_with_everything(published):
     for title in ("Steps", "Rejects by reason", "Mixture", "did not select", "Training loss", "Evaluation"):
         assert title in page, title
     assert "bad_json" in page and "line " in page and "{oops" in page  # a reason, its count, an example
-    assert "cap_per_task" in page and "0.7500 ± 0.0395" in page  # unselected rows; eval with its error
+    assert "cap_per_task" in page and "0.7500 [0.6656, 0.8189]" in page  # unselected rows; eval with its interval
+    assert "95% Wilson score interval" in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG) for i in images)
     assert "http" not in page  # nothing to fetch: it opens offline, anywhere

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.catalog import readonly
 from tasks.store import ArtifactStore
 
 SQL = Path(__file__).resolve().parents[2] / "sql" / "reports" / "eval_comparison.sql"
@@ -67,8 +68,6 @@ def catalog_comparison_rows(root: str) -> list[dict]:
 
     `tuneline query` accepts one plain SELECT only, and a dynamic PIVOT is several
     statements to DuckDB, so this runs the report on its own read-only connection."""
-    from tasks.catalog import readonly
-
     with readonly(root) as con:
         return _run_sql(con)
 
@@ -93,19 +92,35 @@ def comparison_markdown(root: str, eval_manifests: list[dict]) -> str:
     return rows_markdown(comparison_rows(root, eval_manifests))
 
 
-# -- the table people read: rounded, n, standard errors, noise marked (like lm-eval's) ----------
-#: Metrics whose value is a mean of per-item scores in [0, 1]: sqrt(p (1 - p) / n) is their
-#: binomial standard error (accuracies, exact match) or an upper bound of it (ROUGE-L).
+# -- the table people read: rounded, n, intervals, noise marked (like lm-eval's) ----------------
+#: Metrics whose value is a mean of per-item scores in [0, 1]: their interval is the Wilson score
+#: interval of a binomial proportion (accuracies, exact match; conservative for ROUGE-L, whose
+#: per-item scores are fractions).
 BOUNDED = ("accuracy", "accuracy_norm", "exact_match", "rouge_l")
-Z = 1.96  # a difference within Z combined standard errors is marked as noise
+Z = 1.96  # 95% intervals
+INTERVAL = "95% Wilson score interval"
 
 
-def stderr(metric: str, value: float | None, n: int | None) -> float | None:
-    """Standard error of a bounded mean metric, None where the items' spread is not stored
-    (loss and perplexity are token-weighted means)."""
+def wilson(metric: str, value: float | None, n: int | None) -> tuple[float, float] | None:
+    """The 95% Wilson score interval (low, high) of a bounded mean metric over n items; None
+    for loss and perplexity (token-weighted means: the per-item spread is not stored). Unlike
+    p ± 1.96 sqrt(p (1 - p) / n) it is not empty at p = 0 or 1: 0 of 36 gives (0, 0.096)."""
     if value is None or not n or not metric.endswith(BOUNDED) or not 0 <= value <= 1:
         return None
-    return math.sqrt(value * (1 - value) / n)
+    z2n = Z * Z / n
+    centre = (value + z2n / 2) / (1 + z2n)
+    half = Z / (1 + z2n) * math.sqrt(value * (1 - value) / n + z2n / (4 * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_interval(p: float, ci: tuple[float, float], base: float,
+                        base_ci: tuple[float, float]) -> tuple[float, float]:
+    """95% interval of p - base from the two Wilson intervals (Newcombe's hybrid score method,
+    "method 10" of Newcombe 1998): the difference is noise when the interval holds 0. It treats
+    the two as independent samples, which is conservative for models scored on the same items."""
+    d = p - base
+    return (d - math.sqrt((p - ci[0]) ** 2 + (base_ci[1] - base) ** 2),
+            d + math.sqrt((ci[1] - p) ** 2 + (base - base_ci[0]) ** 2))
 
 
 def _counts(root: str, eval_manifests: list[dict]) -> dict[tuple, int]:
@@ -127,23 +142,27 @@ def _fmt(v: float | None) -> str:
 
 
 def _cells(metric: str, value, n, base, base_n, is_base: bool) -> dict:
-    se = stderr(metric, value, n)
-    cell = {"value": value, "stderr": se,
-            "text": _fmt(value) + (f" ± {se:.4f}" if se is not None else "")}
+    ci = wilson(metric, value, n)
+    cell = {"value": value, "low": ci and ci[0], "high": ci and ci[1],
+            "text": _fmt(value) + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")}
     if is_base or value is None or base is None:
         return cell | {"delta": None, "noise": None, "delta_text": ""}
     delta = value - base
-    base_se = stderr(metric, base, base_n)
-    noise = None if se is None or base_se is None else abs(delta) <= Z * math.hypot(se, base_se)
+    base_ci = wilson(metric, base, base_n)
+    noise = None
+    if ci and base_ci:
+        low, high = difference_interval(value, ci, base, base_ci)
+        noise = low <= 0 <= high
     return cell | {"delta": delta, "noise": noise,
                    "delta_text": ("+" if delta >= 0 else "") + _fmt(delta) + (" (noise)" if noise else "")}
 
 
 def comparison_table(root: str, eval_manifests: list[dict]) -> list[dict]:
     """The comparison as people read it: one row per suite, metric and source with n, each
-    model's rounded value ± standard error, and each stage's difference to the base model,
-    marked `(noise)` when it is within 1.96 combined standard errors. Rows whose values are
-    all zero or missing (nothing to compare) sort last."""
+    model's rounded value and, for bounded metrics, its 95% Wilson interval `[low, high]`, and
+    each stage's difference to the base model, marked `(noise)` when the 95% interval of the
+    difference (`difference_interval`) holds 0. Rows whose values are all zero or missing
+    (nothing to compare) sort last."""
     rows = comparison_rows(root, eval_manifests)
     if not rows:
         return []
@@ -167,17 +186,23 @@ def comparison_table(root: str, eval_manifests: list[dict]) -> list[dict]:
 
 
 def table_markdown(table: list[dict], title: str = "Evaluation: base vs stages") -> str:
-    """Markdown of `comparison_table`, with a note on what ± and (noise) mean."""
+    """Markdown of `comparison_table`, its title naming the interval, a note on what the
+    brackets, Δ and (noise) mean."""
     if not table:
         return f"### {title}\n\n(no evaluation rows)\n"
     cols = [c for c in table[0] if not c.startswith("_")]
-    out = [f"### {title}", "", "| " + " | ".join(cols) + " |",
+    out = [f"### {title} (value [{INTERVAL}])", "", "| " + " | ".join(cols) + " |",
            "|" + "|".join("---" if c in _KEYS else "---:" for c in cols) + "|"]
     out += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in table]
-    out += ["", "n: items (tokens for loss and perplexity). ± one standard error, binomial for accuracy and "
-            "exact match (an upper bound for ROUGE-L); loss and perplexity store no per-item spread, so no "
-            f"error bar. Δ: the stage minus the base model; (noise): within {Z} combined standard errors."]
+    out += ["", NOTE]
     return "\n".join(out) + "\n"
+
+
+#: What the table's numbers mean (under the markdown table and the HTML report's).
+NOTE = (f"n: items (tokens for loss and perplexity). [low, high]: the {INTERVAL} for accuracy and exact match "
+        "(conservative for ROUGE-L), not empty at 0 or 1; loss and perplexity store no per-item spread, so no "
+        "interval. Δ: the stage minus the base model; (noise): the 95% interval of the difference (Newcombe's "
+        "score method, from the two Wilson intervals) holds 0.")
 
 
 def table_plain(table: list[dict]) -> list[dict]:
