@@ -18,6 +18,7 @@ from tasks.config import as_recipe
 from tasks.errors import InputError
 from tasks.ingest.common import loads
 from tasks.ingest.registry import POOL_ROWS, READERS
+from tasks.progress import table_rows
 from tasks.schema import RECORDS, REJECTS
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
@@ -39,7 +40,7 @@ def convert_shard(root: str, recipe: dict, ingest_manifest: dict) -> dict:
     label = ingest_manifest.get("label", src_name)
 
     def body(writer) -> None:
-        progress = Progress(f"convert {label}")
+        progress = Progress(f"convert {label}", total=table_rows(ingest_manifest, "records_raw"))
         n_in = n_out = n_records = n_reject_rows = 0
         rejected_rows: set = set()
         pools: dict[str, object] = {}

@@ -117,5 +117,73 @@ class Progress:
                 f"{_rate(per_s)} {self.unit}/s, ETA {eta}")
 
 
+def table_rows(manifest: dict, table: str) -> int:
+    """Rows of a step's table from its manifest (no file opened): the total of a step that reads it."""
+    return sum(part["rows"] for part in manifest.get("tables", {}).get(table, []))
+
+
+class FileProgress(Progress):
+    """Progress through one input file: kB (MB from 100 MB) of its size on disk, done as far as
+    this process has read the file. That is the offset of the descriptor it has open on the file
+    (Linux /proc/self/fd: exact for compressed files too, and whatever reader reads it); where
+    there is none to see, the length of the rows' text read so far (`row(chars)`), held below
+    the total until `done()`, when the file has been read to its end. Parquet, read by position
+    and not in order, counts rows of its footer's total; an `hf://` URI counts rows without one.
+    `row()` is cheap: the offset is looked at every `POLL_ROWS` rows."""
+
+    POLL_ROWS = 256
+
+    def __init__(self, what: str, path: str, **kw):
+        self.path, self.fd, self.read_chars, self.rows = None, None, 0, 0
+        self.scale, total, unit = 1, None, "rows"
+        if not path.startswith("hf://") and os.path.isfile(path):
+            if path.lower().removesuffix(".gz").removesuffix(".zst").endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                total = pq.read_metadata(path).num_rows
+            else:
+                size = os.path.getsize(path)
+                self.scale, unit = (1_000_000, "MB") if size >= 100_000_000 else (1_000, "kB")
+                self.path, total = os.path.realpath(path), -(-size // self.scale)
+        super().__init__(what, total=total, unit=unit, **kw)
+
+    def row(self, chars: int = 0) -> None:
+        """One row (or reject) read, `chars` the length of its text."""
+        self.rows += 1
+        self.read_chars += chars + 1
+        if self.path is None:
+            self.add(1)
+        elif self.rows % self.POLL_ROWS == 0:
+            offset = self._offset()
+            done = offset if offset else min(self.read_chars, (self.total - 1) * self.scale)
+            self.update(max(self.count, done // self.scale))
+
+    def done(self) -> None:
+        if self.path is not None:
+            self.update(self.total)  # read to the end
+        super().done()
+
+    def line(self, now: float) -> str:
+        return super().line(now) + (f", {self.rows:,} rows" if self.path is not None else "")
+
+    def _offset(self) -> int | None:
+        """The read offset of this process's descriptor on the file, None where it cannot be seen."""
+        try:
+            if self.fd is None or os.readlink(f"/proc/self/fd/{self.fd}") != self.path:
+                self.fd = next((int(fd) for fd in os.listdir("/proc/self/fd")
+                                if _link(f"/proc/self/fd/{fd}") == self.path), None)
+            return None if self.fd is None else os.lseek(self.fd, 0, os.SEEK_CUR)
+        except OSError:
+            self.fd = None
+            return None
+
+
+def _link(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 def _log(message: str) -> None:
     logger().info(message)

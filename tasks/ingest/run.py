@@ -14,7 +14,8 @@ from tasks.config import as_recipe
 from tasks.errors import InputError
 from tasks.ingest.registry import READERS
 from tasks.schema import RAW, REJECTS, reject_row
-from tasks.step import Progress, run_step
+from tasks.progress import FileProgress
+from tasks.step import run_step
 from tasks.store import ArtifactStore, file_sha256
 
 VERSION = 1
@@ -39,8 +40,9 @@ def ingest_file(root: str, recipe: dict, source: str, file: str) -> dict:
     def body(writer) -> None:
         rows, rejects = [], []
         n_rows = n_rejects = 0
-        progress = Progress(f"ingest {label}")
+        progress = FileProgress(f"ingest {label}", file)  # bytes read of the file
         for item in reader.read(rc, src, file):
+            progress.row(len(item[-1] or ""))  # raw_text, last in rows and rejects
             if item[0] == "row":
                 _, origin_row, raw, raw_text = item
                 rows.append({"source": source, "format": src.format, "origin_file": file,
@@ -55,11 +57,9 @@ def ingest_file(root: str, recipe: dict, source: str, file: str) -> dict:
                 n_rejects += 1
             if len(rows) >= BATCH_ROWS:
                 writer.write("records_raw", RAW, rows)
-                progress.add(len(rows))
                 rows = []
         writer.write("records_raw", RAW, rows)  # also creates the table when the file is empty
         writer.write("rejects", REJECTS, rejects)
-        progress.add(len(rows))
         progress.done()
         writer.stats.update(rows_in=n_rows + n_rejects, rows_out=n_rows, rows_rejected=n_rejects,
                             source=source, file=file, format=src.format)

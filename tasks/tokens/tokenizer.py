@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 from tasks.config import Recipe, TrainConfig, as_recipe
 from tasks.errors import RecipeError
 from tasks.model_registry import resolve_model
-from tasks.step import input_ref, logger, run_step
+from tasks.progress import table_rows
+from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, file_sha256
 from tasks.tokens.chat import CHATML_TEMPLATE, IM_END, IM_START, PAD, tokenizer_threads
 
@@ -51,7 +52,9 @@ def _texts(store: ArtifactStore, manifest: dict, sources: list[str] | None):
     """Message contents of the validated records (joined by newlines per conversation),
     restricted to `sources`, up to MAX_TRAIN_CHARS."""
     seen = 0
+    progress = Progress("tokenizer: reading texts", total=table_rows(manifest, "records_valid"))
     for batch in store.iter_batches(manifest, "records_valid", columns=["source", "messages"], batch_size=8192):
+        progress.add(batch.num_rows)
         if sources is not None:
             batch = batch.filter(pc.is_in(batch.column(0), pa.array(sources, pa.string())))
         msgs = batch.column(1)
@@ -61,7 +64,9 @@ def _texts(store: ArtifactStore, manifest: dict, sources: list[str] | None):
             seen += len(text)
             yield text
             if seen >= MAX_TRAIN_CHARS:
+                progress.done()  # the rest is not read
                 return
+    progress.done()
 
 
 def train_bpe(texts, vocab_size: int):

@@ -17,6 +17,7 @@ from tasks.config import Recipe, as_recipe
 from tasks.errors import GateFailed
 from tasks.langid import languages_later
 from tasks.model_registry import is_named, resolve_model
+from tasks.progress import table_rows
 from tasks.schema import RAW_PREFIX_CHARS, RECORDS, REJECTS
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore, content_hash, file_sha256
@@ -101,7 +102,7 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
     rows_in = rows_out = rejected = 0
     ge_rows_left = cfg.ge_sample_rows
     sample_frames = []
-    progress = Progress("validate")
+    progress = Progress("validate", total=table_rows(split_manifest, "records_train"))
     for batch in store.iter_batches(split_manifest, "records_train", batch_size=cfg.batch_rows):
         df = pl.from_arrow(pa.Table.from_batches([batch]))
         # Language ID runs on the worker pool while this process matches every row's user
