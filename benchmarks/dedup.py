@@ -1,24 +1,39 @@
-"""Benchmark of tasks/dedup against the plain datasketch way, on synthetic records with planted duplicates.
+"""Benchmark of tasks/dedup against datasketch (two ways) and rensa, on synthetic records with
+planted duplicates.
 
-    .venv/bin/python benchmarks/dedup.py --sizes 10000 100000 1000000 --workers 2
+    .venv/bin/python benchmarks/dedup.py --sizes 300000 1000000 --workers 2
 
-For each size N: writes N synthetic instruction records (mean ~1.5 KB, Zipf words) as
-convert shards, planting exact copies (case changed) and near copies (k words replaced)
-of earlier records; then, each in a fresh subprocess so peak RSS is its own:
+For each size N: writes N synthetic instruction records (mean ~1.7 KB, Zipf words) as
+convert shards (a multiple of --workers, so the pool's workers finish together), planting
+exact copies (case changed) and near copies (k words replaced) of earlier records; then,
+each in a fresh subprocess so peak RSS and CPU time are its own:
 
-* tuneline: `signatures` per shard over a ProcessPoolExecutor (like the flow's process
-  pool), then `dedup`;
-* plain (N <= --plain-max): one `datasketch.MinHash()` per record with `update` per
+* tuneline: `signatures` per shard over a ProcessPoolExecutor of --workers processes (like
+  the flow's process pool), then `dedup`: the dedup phase, signatures and clustering;
+* datasketch per-shingle (`plain`): one `datasketch.MinHash()` per record with `update` per
   shingle (same normalised word 5-grams; MinHashes computed over the same process pool),
-  then `MinHashLSH(threshold, num_perm)` query-then-insert; candidates merged unverified.
+  then `MinHashLSH(threshold, num_perm)` query-then-insert; candidates merged unverified;
+* datasketch bulk (`bulk`): the same, the MinHashes made by `MinHash.bulk` per batch of 4,096
+  records (datasketch's fastest API: the permutations vectorised over each record's shingles);
+* rensa (`rensa`, one process: rensa is measured per core): the same normalised word
+  5-grams as strings, `RMinHash.from_token_sets` per batch of 8,192, then
+  `RMinHashDeduplicator(threshold, num_perm, use_lsh=True)` get-duplicates-then-add
+  (candidates checked by rensa's estimated Jaccard), merged.
 
-Prints docs/s, peak RSS (the process itself, its largest child, and their sum as an
-upper bound), recall over planted pairs with Jaccard >= 0.9 and the false-merge rate
-over planted pairs with Jaccard < 0.5.
+The datasketch ways run on the first min(N, --plain-max) records (their cost per record does
+not depend on N: a 1M run of the per-shingle way takes 20 minutes); rensa and tuneline on all N.
+
+Prints one JSON line per run: wall seconds, docs/s and MB/s of text (the projected text's
+UTF-8 bytes), CPU seconds (process + children) and docs and MB per CPU-second (per core),
+peak RSS (the process itself, its largest child, and their sum as an upper bound), recall
+over planted pairs with Jaccard >= 0.9 and the false-merge rate over planted pairs with
+Jaccard < 0.5; then, per N, tuneline's ratios: docs/s over each datasketch way's and per core
+over rensa's.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -203,9 +218,12 @@ def _plain_minhashes(args):
     from tasks.dedup import minhash as mh
     from tasks.store import ArtifactStore
 
-    root, m = args
+    root, m, limit = args
     out_ids, out_sigs = [], []
     for batch in ArtifactStore(root).iter_batches(m, "records", ["record_id", "messages"], batch_size=4096):
+        if len(out_ids) >= limit:
+            break
+        batch = batch.slice(0, limit - len(out_ids))
         for rid, text in zip(batch.column("record_id").to_pylist(), mh.project(batch.column("messages"), "conversation")):
             words = mh.normalise(text).split(" ")
             mhash = MinHash(num_perm=128)
@@ -216,13 +234,85 @@ def _plain_minhashes(args):
     return out_ids, np.array(out_sigs)
 
 
-def run_plain(root: str, convs: list[dict], workers: int) -> tuple[float, dict]:
-    from datasketch import MinHash, MinHashLSH
-
+def run_plain(root: str, convs: list[dict], workers: int, limits: list[int]) -> tuple[float, dict]:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as ex:
-        parts = list(ex.map(_plain_minhashes, [(root, m) for m in convs]))
+        parts = list(ex.map(_plain_minhashes, [(root, m, lim) for m, lim in zip(convs, limits)]))
     t1 = time.perf_counter()
+    find, lsh_s = _lsh_merge(parts)
+    return time.perf_counter() - t0, {"minhash_s": round(t1 - t0, 2), "lsh_s": round(lsh_s, 2), "find": find}
+
+
+def _shingle_lists(root: str, m: dict, limit: int | None, as_bytes: bool):
+    """(record ids, shingle lists) of a convert shard, batch by batch: normalised word 5-grams
+    (the same normalisation as tuneline's; `str.lower` for ASCII text, which equals it there)."""
+    from tasks.dedup import minhash as mh
+    from tasks.store import ArtifactStore
+
+    n = 0
+    for batch in ArtifactStore(root).iter_batches(m, "records", ["record_id", "messages"], batch_size=4096):
+        if limit is not None and n >= limit:
+            return
+        if limit is not None:
+            batch = batch.slice(0, limit - n)
+        n += batch.num_rows
+        ids, lists = batch.column("record_id").to_pylist(), []
+        for text in mh.project(batch.column("messages"), "conversation"):
+            w = (text.lower() if text.isascii() else mh.normalise(text)).split()
+            shingles = list(map(" ".join, zip(w, w[1:], w[2:], w[3:], w[4:])))
+            lists.append([x.encode("utf-8") for x in shingles] if as_bytes else shingles)
+        yield ids, lists
+
+
+def _bulk_minhashes(args):
+    from datasketch import MinHash
+
+    root, m, limit = args
+    out_ids, out_sigs = [], []
+    for ids, lists in _shingle_lists(root, m, limit, as_bytes=True):
+        out_ids += ids
+        out_sigs += [x.hashvalues for x in MinHash.bulk(lists, num_perm=128)]
+    return out_ids, np.array(out_sigs)
+
+
+def run_bulk(root: str, convs: list[dict], workers: int, limits: list[int]) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(workers) as ex:
+        parts = list(ex.map(_bulk_minhashes, [(root, m, lim) for m, lim in zip(convs, limits)]))
+    t1 = time.perf_counter()
+    find, lsh_s = _lsh_merge(parts)
+    return time.perf_counter() - t0, {"minhash_s": round(t1 - t0, 2), "lsh_s": round(lsh_s, 2), "find": find}
+
+
+def run_rensa(root: str, convs: list[dict]) -> tuple[float, dict]:
+    import rensa
+
+    t0 = time.perf_counter()
+    dedup = rensa.RMinHashDeduplicator(threshold=0.8, num_perm=128, use_lsh=True, num_bands=16, seed=1)
+    parent: dict[str, str] = {}
+
+    def find(x):
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    minhash_s = 0.0
+    for m in convs:
+        for ids, lists in _shingle_lists(root, m, None, as_bytes=False):
+            t = time.perf_counter()
+            mhs = rensa.RMinHash.from_token_sets(lists, num_perm=128, seed=1)
+            minhash_s += time.perf_counter() - t
+            for rid, mhash in zip(ids, mhs):
+                for other in dedup.get_duplicates(mhash):
+                    parent[find(rid)] = find(other)
+                dedup.add(rid, mhash)
+    return time.perf_counter() - t0, {"rensa_minhash_s": round(minhash_s, 2), "find": find}
+
+
+def _lsh_merge(parts):
+    from datasketch import MinHash, MinHashLSH
+
+    t = time.perf_counter()
     lsh = MinHashLSH(threshold=0.8, num_perm=128)
     parent: dict[str, str] = {}
 
@@ -237,8 +327,7 @@ def run_plain(root: str, convs: list[dict], workers: int) -> tuple[float, dict]:
             for other in lsh.query(mhash):
                 parent[find(rid)] = find(other)
             lsh.insert(rid, mhash, check_duplication=False)
-    t2 = time.perf_counter()
-    return t2 - t0, {"minhash_s": round(t1 - t0, 2), "lsh_s": round(t2 - t1, 2), "find": find}
+    return find, time.perf_counter() - t
 
 
 # -- driver -------------------------------------------------------------------------------------
@@ -251,6 +340,22 @@ def _rss_mb() -> dict:
 def _cpu_s() -> float:
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _text_bytes(root: str, convs: list[dict]) -> list[list[int]]:
+    """UTF-8 bytes of every record's projected text (the conversation), per shard."""
+    from tasks.dedup import minhash as mh
+    from tasks.store import ArtifactStore
+
+    import pyarrow.compute as pc
+
+    out = []
+    for m in convs:
+        sizes = []
+        for batch in ArtifactStore(root).iter_batches(m, "records", ["messages"]):
+            sizes += pc.binary_length(mh.project_arrow(batch.column("messages"), "conversation")).to_pylist()
+        out.append(sizes)
+    return out
 
 
 def one(args) -> None:
@@ -275,6 +380,11 @@ def one(args) -> None:
         shutil.rmtree(store.root / step, ignore_errors=True)
     convs = [store.load("convert", k) for k in json.loads(Path(args.root, f"convs-{args.n}.json").read_text())]
     truth = json.loads(Path(args.root, f"truth-{args.n}.json").read_text())
+    sizes = json.loads(Path(args.root, f"bytes-{args.n}.json").read_text())
+    counts = [len(x) for x in sizes]
+    # the datasketch ways: the first rows of every shard, min(N, --plain-max) in all
+    limits = [c if args.impl in ("tuneline", "rensa") else min(c, -(-args.plain_max // len(convs))) for c in counts]
+    n, text_bytes = sum(limits), sum(sum(x[:lim]) for x, lim in zip(sizes, limits))
     cpu0 = _cpu_s()
     if args.impl == "tuneline":
         secs, info = run_tuneline(args.root, convs, args.workers)
@@ -285,12 +395,25 @@ def one(args) -> None:
         info.update({k: m["stats"][k] for k in ("exact_removed", "near_removed", "clusters", "bands", "rows",
                                                 "candidate_pairs")})
     else:
-        secs, info = run_plain(args.root, convs, args.workers)
+        if args.impl == "plain":
+            secs, info = run_plain(args.root, convs, args.workers, limits)
+        elif args.impl == "bulk":
+            secs, info = run_bulk(args.root, convs, args.workers, limits)
+        else:
+            secs, info = run_rensa(args.root, convs)
         find = info.pop("find")
         same = lambda a, b: find(a) == find(b)  # noqa: E731
     cpu = _cpu_s() - cpu0
-    res = {"impl": args.impl, "n": args.n, "seconds": round(secs, 2), "docs_per_s": round(args.n / secs),
-           "cpu_s": round(cpu, 1), "docs_per_cpu_s": round(args.n / cpu), "load_avg_1m": os.getloadavg()[0],
+    if n < sum(counts):  # quality over the planted pairs inside the sample
+        ids = set()
+        for m, lim in zip(convs, limits):
+            ids.update(store.read(m, "records", ["record_id"]).column(0).slice(0, lim).to_pylist())
+        keep = [i for i, (a, b) in enumerate(zip(truth["a"], truth["b"])) if a in ids and b in ids]
+        truth = {k: [v[i] for i in keep] for k, v in truth.items()}
+    mb = text_bytes / 1e6
+    res = {"impl": args.impl, "n": n, "seconds": round(secs, 2), "docs_per_s": round(n / secs),
+           "mb_per_s": round(mb / secs, 1), "cpu_s": round(cpu, 1), "docs_per_cpu_s": round(n / cpu),
+           "mb_per_cpu_s": round(mb / cpu, 1), "load_avg_1m": os.getloadavg()[0],
            **info, **quality(truth, same), **_rss_mb()}
     res["rss_upper_bound_mb"] = res["rss_self_mb"] + args.workers * res["rss_child_max_mb"]
     print(json.dumps(res), flush=True)
@@ -301,32 +424,52 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard-rows", type=int, default=100_000)
-    ap.add_argument("--plain-max", type=int, default=100_000, help="largest N the plain way runs on")
+    ap.add_argument("--plain-max", type=int, default=100_000,
+                    help="records the datasketch ways run on (the first of every shard; 0: not run)")
+    ap.add_argument("--impls", nargs="+", default=["tuneline", "plain", "bulk", "rensa"],
+                    choices=["tuneline", "plain", "bulk", "rensa"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", default=None, help="artifacts directory (default: a temp dir)")
-    ap.add_argument("--impl", choices=["tuneline", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--impl", choices=["tuneline", "plain", "bulk", "rensa"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.impl:
         return one(args)
     root = args.root or tempfile.mkdtemp(prefix="tuneline-bench-dedup-")
     for n in args.sizes:
-        shards = max(args.workers, -(-n // args.shard_rows))
+        shards = args.workers * -(-(-(-n // args.shard_rows)) // args.workers)  # a multiple of the workers
         t = time.perf_counter()
-        if not Path(root, f"truth-{n}.json").exists():  # data sets are reused from an earlier run
+        if not Path(root, f"bytes-{n}.json").exists():  # data sets are reused from an earlier run
             convs = generate(root, n, args.seed, shards, args.workers)
             truth = truth_pairs(convs, root, n, args.seed)
             Path(root, f"convs-{n}.json").write_text(json.dumps([m["key"] for m in convs]))
             Path(root, f"truth-{n}.json").write_text(json.dumps(truth))
-        mean_chars = np.mean([r["n_chars"] for r in shard_rows(
-            args.seed, 0, min(n, 2000), plan(n, args.seed), *_vocab(args.seed))])
-        print(json.dumps({"n": n, "shards": shards, "generate_s": round(time.perf_counter() - t, 1),
-                          "mean_record_chars": round(float(mean_chars)), "root": root}), flush=True)
-        impls = ["tuneline"] + (["plain"] if n <= args.plain_max else [])
-        for impl in impls:
+            Path(root, f"bytes-{n}.json").write_text(json.dumps(_text_bytes(root, convs)))
+        sizes = json.loads(Path(root, f"bytes-{n}.json").read_text())
+        print(json.dumps({"n": n, "shards": len(sizes), "generate_s": round(time.perf_counter() - t, 1),
+                          "mean_record_bytes": round(sum(map(sum, sizes)) / n), "root": root}), flush=True)
+        results = {}
+        for impl in args.impls:
+            if impl in ("plain", "bulk") and args.plain_max <= 0:
+                continue
+            if impl == "rensa" and importlib.util.find_spec("rensa") is None:
+                print(json.dumps({"impl": "rensa", "skipped": "not installed (pip install rensa)"}), flush=True)
+                continue
             cmd = [sys.executable, __file__, "--impl", impl, "--n", str(n), "--root", root,
-                   "--workers", str(args.workers), "--seed", str(args.seed)]
-            subprocess.run(cmd, check=True)
+                   "--workers", str(args.workers), "--seed", str(args.seed), "--plain-max", str(args.plain_max)]
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+            print(out, end="", flush=True)
+            results[impl] = json.loads(out.strip().splitlines()[-1])
+        tl = results.get("tuneline")
+        if tl:
+            ratios = {"n": n}
+            for impl in ("plain", "bulk"):
+                if impl in results:
+                    ratios[f"docs_per_s_over_datasketch_{impl}"] = round(tl["docs_per_s"] / results[impl]["docs_per_s"], 1)
+            if "rensa" in results:
+                ratios["per_core_over_rensa"] = round(tl["docs_per_cpu_s"] / results["rensa"]["docs_per_cpu_s"], 2)
+                ratios["docs_per_s_over_rensa"] = round(tl["docs_per_s"] / results["rensa"]["docs_per_s"], 2)
+            print(json.dumps(ratios), flush=True)
 
 
 if __name__ == "__main__":

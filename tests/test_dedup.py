@@ -75,7 +75,7 @@ def test_signatures_bit_identical_to_datasketch(tmp_path):
     rows.append(rec("a", "ＦＵＬＬ width  and\tTABS and more words here", row=61))
     store = ArtifactStore(tmp_path)
     conv = convert_manifest(store, "c0", rows)
-    m = signatures(str(tmp_path), recipe(num_perm=64, seed=7), conv)
+    m = signatures(str(tmp_path), recipe(num_perm=64, seed=7, verify="estimate"), conv)  # estimate: stored
     table = store.read(m, "dedup_signatures").to_pylist()
     assert m["stats"]["rows_in"] == m["stats"]["rows_out"] == len(rows) and m["stats"]["rows_rejected"] == 0
     assert "messages" not in store.read(m, "dedup_signatures").column_names  # no document text
@@ -89,7 +89,7 @@ def test_signatures_bit_identical_to_datasketch(tmp_path):
             ref.update(s)
         assert sig["n_shingles"] == len(shingles)
         if shingles:
-            assert np.array_equal(np.array(sig["signature"], np.uint32), ref.hashvalues)
+            assert np.array_equal(np.frombuffer(sig["signature"], "<u4"), ref.hashvalues)
             compared += 1
         else:
             assert sig["signature"] is None and sig["band_keys"] is None
@@ -124,30 +124,30 @@ def test_batch_normalisation_and_shingles_equal_the_scalar_definitions(mode):
 
 def test_ahead_of_time_kernels_equal_the_jit_kernels():
     """The extension module built from kernels.py (what the pipeline loads) against the same
-    functions under numba's JIT, on random ASCII and non-ASCII text."""
+    functions under numba's JIT, on random ASCII and non-ASCII text, word and character units."""
     from tasks.dedup import aot, kernels
 
     compiled = aot.load()
     assert compiled is not kernels, "the ahead-of-time build failed on this machine (see the log)"
     rng = random.Random(11)
     texts = [" ".join(words(rng, rng.randint(0, 60))) + rng.choice(["", " \t", "\n\n"]) for _ in range(300)]
-    texts += ["", "   ", "中文字符没有空格的句子很长很长", "ÉCOLE  d'été"]
-    arr = pa.array(texts)
-    data = np.frombuffer(arr.buffers()[2], np.uint8)
-    offsets = np.frombuffer(arr.buffers()[1], np.int32).astype(np.int64)
-    is_ascii = np.array([t.isascii() for t in texts])
-    repl = "".join(mh.normalise(t) for t, a in zip(texts, is_ascii) if not a).encode()
-    repl_offsets = np.cumsum([0] + [len(mh.normalise(t).encode()) for t, a in zip(texts, is_ascii) if not a])
-    args = (data, offsets, is_ascii, np.frombuffer(repl, np.uint8), repl_offsets.astype(np.int64))
-    for x, y in zip(compiled.normalise(*args), kernels.normalise(*args)):
-        assert np.array_equal(x, y)
-    norm, norm_offsets = kernels.normalise(*args)
-    by_char = np.array([mh.choose_unit(t, "word") == "char" for t in map(mh.normalise, texts)])
+    texts += ["", "   ", "中文字符没有空格的句子很长很长", "ÉCOLE  d'été", "A  b\tC " * 9, "x" * 40]
     a, b = mh.permutations(64, 3)
-    for k in (1, 5):
-        sketch_args = (norm, norm_offsets, by_char, k, a, b, 8, 8)
-        for x, y in zip(compiled.sketch(*sketch_args), kernels.sketch(*sketch_args)):
-            assert np.array_equal(x, y)
+    for shingle in ("word", "char"):
+        data, offsets, kind, repl, repl_offsets, _ = mh._prepare(pa.array(texts), shingle)
+        for k, perms in ((1, 0), (5, 64)):
+            outs = []
+            for impl in (compiled, kernels):
+                size, n = len(data) + len(repl) + 16, len(texts)
+                bands = 8 if perms else 0
+                bufs = (np.zeros(size, np.uint8), np.zeros(n + 1, np.int64), np.zeros(n, np.int64),
+                        np.zeros(size, np.uint32), np.zeros((n, perms), np.uint32), np.zeros((n, bands), np.uint64))
+                total = impl.sketch(data, offsets, kind, repl, repl_offsets, k, a[:perms], b[:perms], bands, 8, *bufs,
+                                    np.zeros(size, np.int64), np.zeros(size, np.uint32), np.zeros(size, np.uint32))
+                outs.append((total, bufs))
+            assert outs[0][0] == outs[1][0]
+            for x, y in zip(outs[0][1], outs[1][1]):
+                assert np.array_equal(x, y)
 
 
 def test_kernels_fall_back_to_jit_when_the_build_fails(monkeypatch, caplog):
@@ -163,6 +163,19 @@ def test_kernels_fall_back_to_jit_when_the_build_fails(monkeypatch, caplog):
     monkeypatch.setattr(aot, "_loaded", None)
     monkeypatch.setenv("TUNELINE_DEDUP_KERNELS", "jit")
     assert aot.load() is kernels
+
+
+def test_unit_hash_definition():
+    """The unit hash on its own: lengths across the 8-byte chunk boundaries, and its known values."""
+    for n in range(1, 30):
+        unit = "".join(chr(97 + (i * 7) % 26) for i in range(n))
+        flat, counts = mh.shingle_hashes(mh.normalise_texts(pa.array([unit])), 1)
+        assert counts.tolist() == [1]
+        fold = ((0x811C9DC5 ^ mh.unit_hash(unit)) * 0x01000193) & 0xFFFFFFFF
+        assert flat.tolist() == [fold] == [mh.shingle_hash((unit,))]
+    vocab = set(words(random.Random(2), 20_000))
+    assert len({mh.unit_hash(w) for w in vocab}) >= len(vocab) - 2  # 32 bits: ~0.05 collisions expected
+    assert mh.unit_hash("a") != mh.unit_hash("a\0") and mh.unit_hash("abcdefgh") != mh.unit_hash("abcdefgh\0")
 
 
 def test_vectorised_hash_equals_scalar_definition():

@@ -2,7 +2,7 @@
 
 Loading numba JIT code costs every process about 0.5 s (importing numba and its typing
 registries, even from its on-disk cache), which is a quarter of deduplicating 100k records
-on two workers. So the three entry points (`normalise`, `sketch`, `band_keys`) are compiled
+on two workers. So the entry points (`sketch`, `band_keys`) are compiled
 once with `numba.pycc` into an extension module for this machine (its CPU, Python and
 numba), kept under `tasks/dedup/__pycache__/`, and imported in a millisecond, without numba.
 
@@ -59,14 +59,15 @@ def _signatures() -> dict:
     def array(dtype, ndim=1, readonly=True):
         return types.Array(dtype, ndim, "C", readonly=readonly)
 
-    u8, i64, b1, u32, u64 = types.uint8, types.int64, types.boolean, types.uint32, types.uint64
+    u8, i64, u32, u64 = types.uint8, types.int64, types.uint32, types.uint64
     return {
-        "normalise": types.Tuple((array(u8, readonly=False), array(i64, readonly=False)))(
-            array(u8), array(i64), array(b1), array(u8), array(i64)),
-        "sketch": types.Tuple((array(u32, readonly=False), array(i64, readonly=False),
-                               array(u32, 2, readonly=False), array(u64, 2, readonly=False)))(
-            array(u8), array(i64), array(b1), i64, array(u32), array(u32), i64, i64),
+        "sketch": i64(array(u8), array(i64), array(u8), array(u8), array(i64), i64, array(u32), array(u32), i64, i64,
+                      array(u8, readonly=False), array(i64, readonly=False), array(i64, readonly=False),
+                      array(u32, readonly=False), array(u32, 2, readonly=False), array(u64, 2, readonly=False),
+                      array(i64, readonly=False), array(u32, readonly=False), array(u32, readonly=False)),
         "band_keys": array(u64, 2, readonly=False)(array(u32, 2), i64, i64),
+        "sort_segments": types.void(array(u32, readonly=False), array(i64)),
+        "jaccard_pairs": array(types.float64, readonly=False)(array(u32), array(i64), array(i64), array(i64)),
     }
 
 

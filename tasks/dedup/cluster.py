@@ -17,6 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from tasks.config import DedupConfig, Recipe
+from tasks.dedup import aot
 from tasks.dedup.signatures import TABLE as SIG_TABLE
 from tasks.dedup.signatures import lsh_params
 from tasks.errors import TunelineError
@@ -189,53 +190,61 @@ def _by_shard(idx: np.ndarray, offsets: np.ndarray) -> list[tuple[int, int, np.n
 class Verifier:
     """Jaccard of record pairs: exact over the sets of shingle hashes, or estimated from the
     signatures (the share of equal slots); both read from `dedup_signatures`, only for the
-    records asked for."""
+    records asked for. Exact: each record's hashes sorted once, pairs merged by a compiled loop
+    (`kernels.jaccard_pairs`)."""
 
     def __init__(self, store: ArtifactStore, shards: list[tuple[dict, dict]], offsets: np.ndarray, cfg: DedupConfig):
         self.store, self.shards, self.offsets, self.cfg = store, shards, offsets, cfg
-        self.data: dict[int, np.ndarray] = {}
+        self.ids = np.empty(0, np.int64)  # sorted global indices loaded
+        self.values = np.empty(0, np.uint32)  # exact: their hashes, each record's sorted; estimate: signatures
+        self.bounds = np.zeros(1, np.int64)  # exact: record j is values[bounds[j]:bounds[j+1]]
 
     def load(self, idx: np.ndarray) -> None:
-        need = np.setdiff1d(np.unique(idx), np.fromiter(self.data, np.int64, len(self.data)))
+        need = np.setdiff1d(np.unique(idx), self.ids)
+        if not len(need):
+            return
         column = "signature" if self.cfg.verify == "estimate" else "shingles"
+        parts, sizes = [], []
         for shard, base, rows in _by_shard(need, self.offsets):
             if not len(rows):
                 continue
-            lists = self.store.take(self.shards[shard][1], SIG_TABLE, rows, [column]).column(0).combine_chunks()
-            if column == "signature":  # `take` gives arrays without an offset
-                for r, v in zip(rows.tolist(), np.asarray(lists.values).reshape(-1, self.cfg.num_perm)):
-                    self.data[base + r] = v
-            else:  # each record's set: sort (record, hash) pairs at once, drop repeats
-                _, offsets, data = lists.buffers()
-                ends = np.frombuffer(offsets, np.int64)[lists.offset : lists.offset + len(rows) + 1] // 4
-                values = np.frombuffer(data, "<u4", ends[-1] - ends[0], 4 * ends[0]) if ends[-1] > ends[0] else (
-                    np.empty(0, np.uint32))
-                ends = ends - ends[0]
-                record = np.repeat(np.arange(len(rows), dtype=np.uint64), np.diff(ends))
-                pairs = np.sort((record << np.uint64(32)) | values)
-                first = np.ones(len(pairs), bool)
-                first[1:] = pairs[1:] != pairs[:-1]
-                pairs = pairs[first]
-                ends = np.searchsorted(pairs >> np.uint64(32), np.arange(len(rows) + 1, dtype=np.uint64))
-                hashes = (pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-                for r, lo, hi in zip(rows.tolist(), ends[:-1].tolist(), ends[1:].tolist()):
-                    self.data[base + r] = hashes[lo:hi]
+            col = self.store.take(self.shards[shard][1], SIG_TABLE, rows, [column]).column(0).combine_chunks()
+            if column == "signature":  # fixed-size binary: num_perm little-endian uint32s per record
+                parts.append(np.frombuffer(col.buffers()[1], "<u4", len(rows) * self.cfg.num_perm,
+                                           4 * self.cfg.num_perm * col.offset))
+                sizes.append(np.full(len(rows), self.cfg.num_perm, np.int64))
+            else:
+                _, offsets, data = col.buffers()
+                ends = np.frombuffer(offsets, np.int64)[col.offset : col.offset + len(rows) + 1] // 4
+                parts.append(np.frombuffer(data, "<u4", ends[-1] - ends[0], 4 * ends[0]) if ends[-1] > ends[0]
+                             else np.empty(0, np.uint32))
+                sizes.append(np.diff(ends))
+        new_values = np.concatenate(parts).astype(np.uint32)  # a copy: sorted in place below
+        new_bounds = np.zeros(len(need) + 1, np.int64)
+        np.cumsum(np.concatenate(sizes), out=new_bounds[1:])
+        if column == "shingles":
+            aot.load().sort_segments(new_values, new_bounds)
+        ids = np.concatenate([self.ids, need])
+        order = np.argsort(ids, kind="stable")
+        sizes_all = np.concatenate([np.diff(self.bounds), np.diff(new_bounds)])[order]
+        starts_all = np.concatenate([self.bounds[:-1], new_bounds[:-1] + len(self.values)])[order]
+        values = np.concatenate([self.values, new_values])
+        self.values = np.concatenate([values[s:s + n] for s, n in zip(starts_all.tolist(), sizes_all.tolist())]) \
+            if len(self.ids) else new_values
+        self.ids = ids[order]
+        self.bounds = np.zeros(len(self.ids) + 1, np.int64)
+        np.cumsum(sizes_all, out=self.bounds[1:])
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.load(np.concatenate([a, b]))
-        out = np.empty(len(a), np.float64)
+        ia, ib = np.searchsorted(self.ids, a), np.searchsorted(self.ids, b)
         if self.cfg.verify == "estimate":
+            sig = self.values.reshape(-1, self.cfg.num_perm)
+            out = np.empty(len(a), np.float64)
             for s in range(0, len(a), PAIR_CHUNK):
-                sa = np.stack([self.data[int(i)] for i in a[s : s + PAIR_CHUNK]])
-                sb = np.stack([self.data[int(i)] for i in b[s : s + PAIR_CHUNK]])
-                out[s : s + PAIR_CHUNK] = (sa == sb).mean(axis=1)
+                out[s : s + PAIR_CHUNK] = (sig[ia[s : s + PAIR_CHUNK]] == sig[ib[s : s + PAIR_CHUNK]]).mean(axis=1)
             return out
-        for k, (i, j) in enumerate(zip(a.tolist(), b.tolist())):
-            x, y = self.data[i], self.data[j]
-            inter = np.intersect1d(x, y, assume_unique=True).size
-            union = x.size + y.size - inter
-            out[k] = inter / union if union else 1.0
-        return out
+        return aot.load().jaccard_pairs(self.values, self.bounds, ia.astype(np.int64), ib.astype(np.int64))
 
 
 # -- clusters and the keep rule -----------------------------------------------------------

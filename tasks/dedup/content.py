@@ -186,6 +186,8 @@ def kind_of(fmt: str | None, has_templates: bool, template_id: str) -> str | Non
     return None
 
 
+#: The template_id prefix of rendered records, per format (promptsource: every record).
+PREFIX = {"dolly": "dolly:", "flan_cot": "cot:", "flan": "cot:", "super_ni": "super_ni:"}
 _RECOVER: dict[str, Callable[[dict], Fields | None]] = {
     "dolly": dolly_fields, "cot": cot_fields, "super_ni": super_ni_fields}
 READ_COLUMNS = ["source", "template_id", "messages", "answer_choices", "meta", "origin_row"]
@@ -250,12 +252,23 @@ class Content:
         self.recovered = 0
 
     def kinds(self, batch: pa.RecordBatch) -> list[str | None]:
-        sources = batch.column("source").to_pylist()
-        tids = batch.column("template_id").to_pylist()
-        out = []
-        for s, t in zip(sources, tids):
-            src = self.sources.get(s)
-            out.append(None if src is None else kind_of(src.format, bool(src.templates), t))
+        """`kind_of` every record; vectorised per source, and nothing to do for sources whose
+        format renders no template."""
+        n = batch.num_rows
+        out: list[str | None] = [None] * n
+        if not any(kind_of(s.format, bool(s.templates), PREFIX.get(s.format, "")) for s in self.sources.values()):
+            return out
+        sources = batch.column("source")
+        for name, src in self.sources.items():
+            prefix = PREFIX.get(src.format, "")
+            kind = kind_of(src.format, bool(src.templates), prefix)
+            if kind is None:
+                continue
+            mask = pc.equal(sources, name)
+            if prefix:
+                mask = pc.and_(mask, pc.starts_with(pc.fill_null(batch.column("template_id"), ""), prefix))
+            for i in np.flatnonzero(mask.fill_null(False).to_numpy(zero_copy_only=False)):
+                out[i] = kind
         return out
 
     def text(self, batch: pa.RecordBatch, projection: str, own: pa.Array) -> pa.Array:

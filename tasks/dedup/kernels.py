@@ -1,6 +1,13 @@
-"""Compiled (numba) loops for normalising, shingle hashing, MinHash and LSH band keys: the
-definitions of `minhash.py`, text by text over a batch's bytes, so each text's units,
+"""Compiled (numba) loops for normalising, unit and shingle hashing, MinHash and LSH band keys:
+the definitions of `minhash.py`, text by text over a batch's bytes, so each text's units,
 shingles and signature are made while they are still in the CPU cache.
+
+ASCII text is normalised eight bytes at a time (SWAR: upper case and whitespace found with
+byte-range masks in one 64-bit word; a word without a whitespace run is stored at once), and
+each unit is hashed from unaligned 64-bit loads of its bytes, so a word costs one or two
+multiplies instead of a pass over its bytes. Every buffer is the caller's (`minhash.Workspace`,
+NumPy arrays reused batch after batch): memory a kernel allocates itself is fresh pages on
+every call, and a page fault costs more here than hashing the page.
 
 The pipeline loads them through `aot.py`, compiled ahead of time from this file. Under JIT
 (the fallback, and the tests that compare the two), `cache=True` keeps the compiled code under
@@ -9,13 +16,20 @@ The pipeline loads them through `aot.py`, compiled ahead of time from this file.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 
-# uint64 constants: numba would turn uint64-with-int64 arithmetic into float64.
-_P1, _P2, _P3, _P4, _P5 = (np.uint64(x) for x in (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1))
-_M = np.uint64(0xFFFFFFFF)
-_FNV_OFFSET, _FNV_PRIME = np.uint64(0x811C9DC5), np.uint64(0x01000193)
-_BAND_OFFSET, _BAND_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+_U = np.uint64
+# The unit hash (minhash.unit_hash): 64-bit multiply-xorshift over 8-byte little-endian chunks.
+_K0, _K1, _K2 = _U(0x9E3779B97F4A7C15), _U(0xBF58476D1CE4E5B9), _U(0x94D049BB133111EB)
+_M32 = _U(0xFFFFFFFF)
+_FNV_OFFSET, _FNV_PRIME = np.uint32(0x811C9DC5), np.uint32(0x01000193)
+_BAND_OFFSET, _BAND_PRIME = _U(0xCBF29CE484222325), _U(0x100000001B3)
+_ONES, _HIGH = _U(0x0101010101010101), _U(0x8080808080808080)
+#: The low `i` bytes of a 64-bit word.
+_LOW_BYTES = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [(1 << 64) - 1], np.uint64)
 
 #: ASCII bytes `str.split()` treats as whitespace: tab to carriage return, the information
 #: separators 0x1C-0x1F, space.
@@ -26,118 +40,142 @@ _FOLD = np.arange(256, dtype=np.uint8)
 _FOLD[65:91] += 32
 _FOLD[_IS_WS == 1] = 32
 
-
-@njit(cache=True, inline="always")
-def _rotl(x, r):
-    return ((x << np.uint64(r)) | (x >> np.uint64(32 - r))) & _M
-
-
-@njit(cache=True, inline="always")
-def _read32(data, p):
-    return (np.uint64(data[p]) | (np.uint64(data[p + 1]) << np.uint64(8)) | (np.uint64(data[p + 2]) << np.uint64(16))
-            | (np.uint64(data[p + 3]) << np.uint64(24)))
+#: Per-text kinds (`sketch`'s `kind`): ASCII text normalised here, split in words or characters;
+#: text normalised in Python (`repl_*`), split in words or characters.
+ASCII_WORDS, ASCII_CHARS, NORMALISED_WORDS, NORMALISED_CHARS = 0, 1, 2, 3
 
 
-@njit(cache=True, inline="always")
-def xxh32(data, start, end):
-    """xxHash32 (seed 0) of data[start:end], the value `xxhash.xxh32_intdigest` gives."""
-    p = start
-    length = end - start
-    if length >= 16:
-        v1 = (_P1 + _P2) & _M
-        v2 = _P2
-        v3 = np.uint64(0)
-        v4 = (np.uint64(0x100000000) - _P1) & _M
-        while p + 16 <= end:
-            v1 = (_rotl((v1 + _read32(data, p) * _P2) & _M, 13) * _P1) & _M
-            v2 = (_rotl((v2 + _read32(data, p + 4) * _P2) & _M, 13) * _P1) & _M
-            v3 = (_rotl((v3 + _read32(data, p + 8) * _P2) & _M, 13) * _P1) & _M
-            v4 = (_rotl((v4 + _read32(data, p + 12) * _P2) & _M, 13) * _P1) & _M
-            p += 16
-        h = (_rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)) & _M
-    else:
-        h = _P5
-    h = (h + np.uint64(length)) & _M
-    while p + 4 <= end:
-        h = (_rotl((h + _read32(data, p) * _P3) & _M, 17) * _P4) & _M
-        p += 4
-    while p < end:
-        h = (_rotl((h + np.uint64(data[p]) * _P5) & _M, 11) * _P1) & _M
-        p += 1
-    h ^= h >> np.uint64(15)
-    h = (h * _P2) & _M
-    h ^= h >> np.uint64(13)
-    h = (h * _P3) & _M
-    h ^= h >> np.uint64(16)
-    return h
+@intrinsic
+def _load64(typingctx, arr, idx):
+    """arr[idx:idx + 8] (a uint8 array) as a little-endian uint64, from any address."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        return builder.load(builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=1)
+    return types.uint64(arr, types.intp), codegen
+
+
+@intrinsic
+def _store64(typingctx, arr, idx, value):
+    """arr[idx:idx + 8] = value (little-endian), at any address."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        builder.store(args[2], builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(arr, types.intp, types.uint64), codegen
 
 
 @njit(cache=True, inline="always")
-def _normalise_ascii(data, s, e, out, w):
-    """Write data[s:e], an ASCII text, normalised to out[w:]; return the new end. Branch-free
-    inside the text: every byte is written, and a whitespace byte followed by whitespace
-    is overwritten by the next one."""
-    while s < e and _IS_WS[data[s]]:
-        s += 1
-    while e > s and _IS_WS[data[e - 1]]:
-        e -= 1
-    if s == e:
-        return w
-    c = data[s]
-    ws = _IS_WS[c]
-    for p in range(s + 1, e):
-        next_c = data[p]
-        next_ws = _IS_WS[next_c]
+def _in_range(x, lo, hi):
+    """The high bit of every byte of x that is in [lo, hi] (bytes below 0x80 only)."""
+    return (x + _ONES * _U(0x80 - lo)) & ~(x + _ONES * _U(0x7F - hi)) & _HIGH
+
+
+@njit(cache=True, inline="always")
+def unit_hash(data, p, length):
+    """The 32-bit hash of data[p:p + length] (1 <= length; data readable 8 bytes past it):
+    h = length * K0; each 8-byte chunk but the last: h = (h ^ chunk) * K1, h ^= h >> 31; the
+    last (1 to 8 bytes, zero-filled): h = (h ^ chunk) * K1; then h ^= h >> 32, h *= K2,
+    h ^= h >> 29; the low 32 bits (arithmetic mod 2**64)."""
+    h = _U(length) * _K0
+    while length > 8:
+        h = (h ^ _load64(data, p)) * _K1
+        h ^= h >> _U(31)
+        p += 8
+        length -= 8
+    h = (h ^ (_load64(data, p) & _LOW_BYTES[length])) * _K1
+    h ^= h >> _U(32)
+    h *= _K2
+    h ^= h >> _U(29)
+    return np.uint32(h & _M32)
+
+
+@njit(cache=True, inline="always")
+def _normalise_ascii(data, s, e, out, w, ends):
+    """Normalise the ASCII text data[s:e] into out[w:] (lower case, whitespace runs one space,
+    ends stripped) and put the end of each of its words (exclusive) in ends; return (new w,
+    number of words). Eight bytes at a time where they hold no whitespace run."""
+    w0 = w
+    q = 0
+    prev = _U(1)  # whitespace at the start is dropped
+    p = s
+    while p + 8 <= e:
+        x = _load64(data, p)
+        ws = (_in_range(x, 9, 13) | _in_range(x, 28, 32)) >> _U(7)  # 1 in each whitespace byte
+        if ws & ((ws << _U(8)) | prev) == _U(0):  # no whitespace after whitespace: all 8 bytes kept
+            y = x | (_in_range(x, 65, 90) >> _U(2))  # upper case + 0x20
+            _store64(out, w, (y & ~(ws * _U(0xFF))) | (ws * _U(0x20)))
+            bits = ws
+            while bits:
+                ends[q] = w + (trailing_zeros(bits) >> 3)
+                q += 1
+                bits &= bits - _U(1)
+            w += 8
+            prev = ws >> _U(56)
+            p += 8
+            continue
+        for j in range(p, p + 8):
+            c = data[j]
+            is_ws = _U(_IS_WS[c])
+            out[w] = _FOLD[c]
+            keep = _U(1) - (is_ws & prev)
+            if is_ws & keep:
+                ends[q] = w
+                q += 1
+            w += keep
+            prev = is_ws
+        p += 8
+    while p < e:
+        c = data[p]
+        is_ws = _U(_IS_WS[c])
         out[w] = _FOLD[c]
-        w += 1 - (ws & next_ws)
-        c, ws = next_c, next_ws
-    out[w] = _FOLD[c]
-    return w + 1
-
-
-@njit(cache=True, nogil=True)
-def normalise(data, offsets, is_ascii, repl_data, repl_offsets):
-    """(bytes, offsets) of every text normalised: an ASCII text lower-cased with each run of
-    whitespace folded to one space and the ends stripped, which is what NFKC + casefold +
-    split/join give for ASCII; the k-th other text is replaced by
-    repl_data[repl_offsets[k]:repl_offsets[k+1]] (normalised in Python)."""
-    n = len(offsets) - 1
-    out = np.empty(len(data) + len(repl_data), np.uint8)
-    out_offsets = np.zeros(n + 1, np.int64)
-    w = 0
-    r = 0
-    for i in range(n):
-        if is_ascii[i]:
-            w = _normalise_ascii(data, offsets[i], offsets[i + 1], out, w)
-        else:
-            m = repl_offsets[r + 1] - repl_offsets[r]
-            out[w : w + m] = repl_data[repl_offsets[r] : repl_offsets[r + 1]]
-            w += m
-            r += 1
-        out_offsets[i + 1] = w
-    return out[:w], out_offsets
+        keep = _U(1) - (is_ws & prev)
+        if is_ws & keep:
+            ends[q] = w
+            q += 1
+        w += keep
+        prev = is_ws
+        p += 1
+    if w > w0 and prev:  # the text ended in whitespace: drop its one space
+        w -= 1
+        q -= 1
+    if w > w0:
+        ends[q] = w
+        q += 1
+    return w, q
 
 
 @njit(cache=True, inline="always")
-def _unit_hashes(data, s, e, by_char, units):
-    """xxh32 of each unit of the normalised text data[s:e] into units[:m]; return m. Words
-    are separated by single spaces; characters are UTF-8 sequences, spaces skipped."""
+def _copy_words(src, s, e, out, w, ends):
+    """Copy the normalised text src[s:e] to out[w:], its word ends into ends; (new w, words)."""
+    q = 0
+    for p in range(s, e):
+        c = src[p]
+        out[w] = c
+        if c == 0x20:
+            ends[q] = w
+            q += 1
+        w += 1
+    if e > s:
+        ends[q] = w
+        q += 1
+    return w, q
+
+
+@njit(cache=True, inline="always")
+def _char_units(out, s, e, units):
+    """Hash each character of the normalised text out[s:e] but spaces (UTF-8 sequences) into
+    units; return how many."""
     m = 0
     p = s
-    if by_char:
-        while p < e:
-            b = data[p]
-            q = min(p + (1 if b < 0x80 else (2 if b < 0xE0 else (3 if b < 0xF0 else 4))), e)
-            if b != 0x20:
-                units[m] = xxh32(data, p, q)
-                m += 1
-            p = q
-    elif e > s:
-        for q in range(s, e + 1):
-            if q == e or data[q] == 0x20:
-                units[m] = xxh32(data, p, q)
-                m += 1
-                p = q + 1
+    while p < e:
+        b = out[p]
+        q = min(p + (1 if b < 0x80 else (2 if b < 0xE0 else (3 if b < 0xF0 else 4))), e)
+        if b != 0x20:
+            units[m] = unit_hash(out, p, q - p)
+            m += 1
+        p = q
     return m
 
 
@@ -155,11 +193,11 @@ def _minhash(mixed, m, a, b, row):
 @njit(cache=True, inline="always")
 def _band_keys(row, bands, rows, out):
     for j in range(bands):
-        acc = _BAND_OFFSET ^ np.uint64(j)
+        acc = _BAND_OFFSET ^ _U(j)
         for r in range(j * rows, (j + 1) * rows):
-            acc ^= np.uint64(row[r])
+            acc ^= _U(row[r])
             acc *= _BAND_PRIME
-            acc ^= acc >> np.uint64(29)
+            acc ^= acc >> _U(29)
         out[j] = acc
 
 
@@ -172,45 +210,114 @@ def band_keys(sig, bands, rows):
 
 
 @njit(cache=True, nogil=True)
-def sketch(data, offsets, by_char, k, a, b, bands, rows):
-    """(flat shingle hashes in text order, shingles per text, signatures, band keys) of a
-    batch of normalised texts (text i is data[offsets[i]:offsets[i+1]]). Shingle hashes: the
-    unit hashes of each window of k folded FNV-1a style. Signatures (datasketch's affine32):
-    each shingle hash pre-mixed by the MurmurHash3 finalizer, then the minimum of
-    a * x + b mod 2**32 per permutation; 0xFFFFFFFF everywhere for a text without shingles.
-    With no permutations (len(a) == 0), only the shingle hashes are made."""
+def sketch(data, offsets, kind, repl_data, repl_offsets, k, a, b, bands, rows,
+           out, out_offsets, counts, hashes, sig, bkeys, ends, units, mixed):
+    """Normalise, shingle, hash and MinHash a batch of texts (text i is data[offsets[i]:
+    offsets[i+1]], or, for kinds NORMALISED_*, the next text of repl_data, already normalised).
+
+    Writes, into the caller's buffers: the normalised texts (out[out_offsets[i]:out_offsets[i+1]];
+    out needs len(data) + len(repl_data) + 16 bytes), the shingle hashes in text order
+    (hashes[:total]; at least as many as out's bytes), shingles per text (counts), signatures
+    (sig, len(texts) x len(a): datasketch's affine32 over the pre-mixed shingle hashes,
+    0xFFFFFFFF for a text without shingles) and band keys (bkeys, len(texts) x bands).
+    `ends`, `units`, `mixed`: scratch of at least the longest text's bytes + 2. With no
+    permutations (len(a) == 0) only the texts and shingle hashes are made. Returns the number
+    of shingle hashes."""
     n = len(offsets) - 1
-    longest = 1
-    for i in range(n):
-        longest = max(longest, offsets[i + 1] - offsets[i] + 1)
-    units = np.empty(longest, np.uint64)
-    mixed = np.empty(longest, np.uint32)
-    counts = np.zeros(n, np.int64)
-    hashes = np.empty(len(data) // 4 + 16, np.uint32)
-    sig = np.full((n, len(a)), np.uint32(0xFFFFFFFF), np.uint32)
+    w = 0
     pos = 0
+    r = 0
+    out_offsets[0] = 0
     for i in range(n):
-        m = _unit_hashes(data, offsets[i], offsets[i + 1], by_char[i], units)
+        w0 = w
+        kd = kind[i]
+        if kd <= ASCII_CHARS:
+            w, q = _normalise_ascii(data, offsets[i], offsets[i + 1], out, w, ends)
+        else:
+            w, q = _copy_words(repl_data, repl_offsets[r], repl_offsets[r + 1], out, w, ends)
+            r += 1
+        out_offsets[i + 1] = w
+        if kd == ASCII_CHARS or kd == NORMALISED_CHARS:
+            m = _char_units(out, w0, w, units)
+        else:
+            m = q
+            start = w0
+            for j in range(q):
+                units[j] = unit_hash(out, start, ends[j] - start)
+                start = ends[j] + 1
         c = m - k + 1
+        counts[i] = max(c, 0)
+        for p in range(len(a)):
+            sig[i, p] = np.uint32(0xFFFFFFFF)
         if c <= 0:
+            if len(a):
+                _band_keys(sig[i], bands, rows, bkeys[i])
             continue
-        if pos + c > len(hashes):
-            grown = np.empty(max(2 * len(hashes), pos + c), np.uint32)
-            grown[:pos] = hashes[:pos]
-            hashes = grown
-        for t in range(c):
-            acc = _FNV_OFFSET
-            for j in range(t, t + k):
-                acc = ((acc ^ units[j]) * _FNV_PRIME) & _M
-            x = np.uint32(acc)
-            hashes[pos + t] = x
-            x ^= x >> np.uint32(16)
-            x = np.uint32(x * np.uint32(0x85EBCA6B))
-            x ^= x >> np.uint32(13)
-            x = np.uint32(x * np.uint32(0xC2B2AE35))
-            x ^= x >> np.uint32(16)
-            mixed[t] = x
-        _minhash(mixed, c, a, b, sig[i])
-        counts[i] = c
+        h = hashes[pos:pos + c]
+        for t in range(c):  # FNV-1a fold of the k unit hashes of each window, a pass per unit
+            h[t] = _FNV_OFFSET
+        for j in range(k):
+            u = units[j:j + c]
+            for t in range(c):
+                h[t] = (h[t] ^ u[t]) * _FNV_PRIME
+        if len(a):
+            for t in range(c):  # MurmurHash3's 32-bit finalizer (datasketch's pre-mix)
+                x = h[t]  # numba widens uint32 products to 64 bits: cut each back to 32
+                x ^= x >> np.uint32(16)
+                x = np.uint32(x * np.uint32(0x85EBCA6B))
+                x ^= x >> np.uint32(13)
+                x = np.uint32(x * np.uint32(0xC2B2AE35))
+                x ^= x >> np.uint32(16)
+                mixed[t] = x
+            _minhash(mixed, c, a, b, sig[i])
+            _band_keys(sig[i], bands, rows, bkeys[i])
         pos += c
-    return hashes[:pos], counts, sig, band_keys(sig, bands, rows)
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def sort_segments(values, offsets):
+    """Sort values[offsets[i]:offsets[i+1]] in place, for every i."""
+    for i in range(len(offsets) - 1):
+        values[offsets[i]:offsets[i + 1]].sort()
+
+
+@njit(cache=True, nogil=True)
+def jaccard_pairs(values, offsets, a, b):
+    """Jaccard of the sets of values of segments a[j] and b[j] (each segment sorted, repeats
+    allowed): |A & B| / |A | B|, 1.0 for two empty sets."""
+    out = np.empty(len(a), np.float64)
+    for j in range(len(a)):
+        p, pe = offsets[a[j]], offsets[a[j] + 1]
+        q, qe = offsets[b[j]], offsets[b[j] + 1]
+        inter = 0
+        union = 0
+        while p < pe and q < qe:
+            x, y = values[p], values[q]
+            if x == y:
+                inter += 1
+                union += 1
+                while p < pe and values[p] == x:
+                    p += 1
+                while q < qe and values[q] == y:
+                    q += 1
+            elif x < y:
+                union += 1
+                while p < pe and values[p] == x:
+                    p += 1
+            else:
+                union += 1
+                while q < qe and values[q] == y:
+                    q += 1
+        while p < pe:
+            x = values[p]
+            union += 1
+            while p < pe and values[p] == x:
+                p += 1
+        while q < qe:
+            y = values[q]
+            union += 1
+            while q < qe and values[q] == y:
+                q += 1
+        out[j] = inter / union if union else 1.0
+    return out

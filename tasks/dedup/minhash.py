@@ -13,11 +13,20 @@ Definitions:
   of its non-space characters are in those scripts.
 * **Shingles**: every run of `k` consecutive units (k = `shingle_size`). A text
   with fewer than `k` units has no shingles: it is matched exactly only.
-* **Shingle hash** `h` (`shingle_hash`): the per-unit hash is
-  `xxh32(unit.encode("utf-8"), seed=0)`; the k unit hashes are folded FNV-1a
-  style, ``acc = 0x811C9DC5; acc = ((acc ^ u) * 0x01000193) mod 2**32``.
-  It is a 32-bit integer, so `datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash)`
-  updated with the shingle tuples gives exactly the signatures `sketch` computes.
+* **Unit hash** `u` (`unit_hash`, signature version 6): over the unit's UTF-8 bytes, all
+  arithmetic mod 2**64: ``h = len * K0``; each 8-byte little-endian chunk but the last:
+  ``h = (h ^ chunk) * K1; h ^= h >> 31``; the last chunk (1 to 8 bytes, zero-filled):
+  ``h = (h ^ chunk) * K1``; then ``h ^= h >> 32; h *= K2; h ^= h >> 29``; u is the low 32
+  bits. K0, K1, K2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB (the
+  golden-ratio increment and SplitMix64's multipliers). A word of up to 8 bytes costs one
+  load, two multiplies and three shifts; versions 1-5 used xxh32 (seed 0), which takes a
+  pass over the word's bytes and 6 multiplies and was 60% of the hashing time.
+* **Shingle hash** `h` (`shingle_hash`): the k unit hashes folded FNV-1a style,
+  ``acc = 0x811C9DC5; acc = ((acc ^ u) * 0x01000193) mod 2**32``. It is a 32-bit integer,
+  so `datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash)` updated with the shingle
+  tuples gives exactly the signatures `sketch` computes (tests/test_dedup.py holds them
+  equal); signatures equal datasketch's only with this hashfunc, not with its default
+  (sha1 of the shingle's bytes).
 * **MinHash**: datasketch 2.x's default `affine32` scheme: the shingle hash is
   pre-mixed with the MurmurHash3 32-bit finalizer, then permutation k is
   ``a_k * x + b_k mod 2**32`` (uint32 wrap-around), a_k, b_k drawn exactly as
@@ -86,8 +95,23 @@ def exact_key(normalised: str) -> str | None:
 
 
 # -- the shingle hash, scalar (the reference datasketch is given) --------------------
+_K0, _K1, _K2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_M64 = (1 << 64) - 1
+
+
 def unit_hash(unit: str) -> int:
-    return xxhash.xxh32_intdigest(unit.encode("utf-8"), seed=0)
+    """Tuneline's 32-bit unit hash `u` (module docstring)."""
+    data = unit.encode("utf-8")
+    h = (len(data) * _K0) & _M64
+    while len(data) > 8:
+        h = ((h ^ int.from_bytes(data[:8], "little")) * _K1) & _M64
+        h ^= h >> 31
+        data = data[8:]
+    h = ((h ^ int.from_bytes(data, "little")) * _K1) & _M64
+    h ^= h >> 32
+    h = (h * _K2) & _M64
+    h ^= h >> 29
+    return h & _M32
 
 
 def shingle_hash(shingle: tuple[str, ...]) -> int:
@@ -138,14 +162,56 @@ class Normalised:
         view, off = memoryview(self.data), self.offsets.tolist()
         return [xxhash.xxh3_128_hexdigest(view[a:b]) if b > a else None for a, b in zip(off, off[1:])]
 
+    def exact_keys_and_ints(self) -> tuple[list[str | None], np.ndarray, np.ndarray, np.ndarray]:
+        """(`exact_key` of every text, the same 128 bits as (high, low) uint64s, has a key)."""
+        view, off = memoryview(self.data), self.offsets.tolist()
+        digest, none = xxhash.xxh3_128_digest, bytes(16)
+        digests = [digest(view[a:b]) if b > a else none for a, b in zip(off, off[1:])]
+        words = np.frombuffer(b"".join(digests), ">u8").reshape(-1, 2).astype(np.uint64) if digests else (
+            np.zeros((0, 2), np.uint64))
+        has = np.diff(self.offsets) > 0
+        keys = [d.hex() if h else None for d, h in zip(digests, has.tolist())]
+        return keys, words[:, 0].copy(), words[:, 1].copy(), has
+
     def units(self) -> list[str]:
         return np.where(self.by_char, "char", "word").tolist()
 
 
-def normalise_texts(texts: pa.Array, shingle: str = "word") -> Normalised:
-    """`normalise` and `choose_unit` of every text of an Arrow string array. ASCII texts (the
-    common case) are normalised by a compiled loop over their bytes; the others in Python."""
-    kernels = aot.load()
+@dataclass
+class Sketch:
+    """What `sketch_texts` makes of a batch: the normalised texts, the shingle hashes in text
+    order (`hashes[ends[i-1]:ends[i]]` is text i's), shingles per text, signatures (n x
+    num_perm uint32; all 0xFFFFFFFF for a text without shingles) and LSH band keys (n x bands)."""
+
+    texts: Normalised
+    hashes: np.ndarray  # uint32
+    counts: np.ndarray  # int64
+    sig: np.ndarray  # uint32, n x num_perm
+    band_keys: np.ndarray  # uint64, n x bands
+
+
+class Workspace:
+    """The kernels' buffers, NumPy arrays kept from batch to batch and grown when a batch needs
+    more. Fresh memory is a page fault per 4 KiB on first touch (NumPy asks for huge pages for
+    large arrays; memory numba allocates inside a kernel gets none), so reusing them is most of
+    what makes a batch's allocation free. A `Sketch` made with a workspace lives in its buffers:
+    it is valid until the workspace's next batch."""
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, size: int, dtype) -> np.ndarray:
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != np.dtype(dtype):
+            buf = np.empty(max(size, int(1.25 * (0 if buf is None else buf.size))), dtype)
+            self._buffers[name] = buf
+        return buf[:size]
+
+
+def _prepare(texts: pa.Array, shingle: str):
+    """(data, offsets, kind per text, replacement bytes, their offsets, by_char) of a batch: ASCII
+    texts go to the compiled normaliser as they are; the others are normalised here (NFKC,
+    casefold) and handed over normalised."""
     texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     texts = pc.fill_null(texts.cast(pa.large_string()), "")
     n = len(texts)
@@ -157,16 +223,65 @@ def normalise_texts(texts: pa.Array, shingle: str = "word") -> Normalised:
     offsets_buf, data_buf = texts.buffers()[1], texts.buffers()[2]
     offsets = np.frombuffer(offsets_buf, np.int64)[texts.offset : texts.offset + n + 1]
     data = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
-    out, out_offsets = kernels.normalise(data, offsets, is_ascii, np.frombuffer(b"".join(encoded) or b"\0", np.uint8),
-                                         repl_offsets)
     by_char = np.full(n, shingle == "char")
     if shingle != "char":
         by_char[~is_ascii] = [choose_unit(t, shingle) == "char" for t in others]
-    return Normalised(out, out_offsets, by_char)
+    kind = np.where(is_ascii, 0, 2).astype(np.uint8) + by_char.astype(np.uint8)
+    repl = np.frombuffer(b"".join(encoded) or b"\0", np.uint8)
+    return data, offsets, kind, repl, repl_offsets, by_char
+
+
+def sketch_texts(texts: pa.Array, shingle: str, k: int, num_perm: int, seed: int, bands: int, rows: int,
+                 workspace: Workspace | None = None) -> Sketch:
+    """Normalise, shingle (k units), hash and MinHash every text of an Arrow string array, by
+    one compiled loop over its texts (`kernels.sketch`). With `num_perm` 0 only the
+    normalised texts and shingle hashes are made. Arrays live in `workspace` when one is given."""
+    kernels = aot.load()
+    ws = workspace or Workspace()
+    data, offsets, kind, repl, repl_offsets, by_char = _prepare(texts, shingle)
+    n = len(kind)
+    a, b = permutations(num_perm, seed) if num_perm else (np.empty(0, np.uint32), np.empty(0, np.uint32))
+    raw_longest = int(np.diff(offsets).max(initial=0))
+    longest = max(raw_longest, int(np.diff(repl_offsets).max(initial=0))) + 2
+    size = int(offsets[-1] - offsets[0]) + len(repl) + 16
+    out, out_offsets, counts = ws.get("out", size, np.uint8), ws.get("out_offsets", n + 1, np.int64), ws.get(
+        "counts", n, np.int64)
+    hashes = ws.get("hashes", size, np.uint32)
+    sig = ws.get("sig", n * num_perm, np.uint32).reshape(n, num_perm)
+    bkeys = ws.get("bkeys", n * bands, np.uint64).reshape(n, bands)
+    total = kernels.sketch(data, offsets, kind, repl, repl_offsets, k, a, b, bands, rows, out, out_offsets,
+                           counts, hashes, sig, bkeys, ws.get("ends", longest, np.int64),
+                           ws.get("units", longest, np.uint32), ws.get("mixed", longest, np.uint32))
+    normalised = Normalised(out[: out_offsets[n]], out_offsets, by_char)
+    return Sketch(normalised, hashes[:total], counts, sig, bkeys)
+
+
+def normalise_texts(texts: pa.Array, shingle: str = "word") -> Normalised:
+    """`normalise` and `choose_unit` of every text of an Arrow string array (compiled for ASCII
+    texts, the others in Python)."""
+    return sketch_texts(texts, shingle, 1, 0, 1, 0, 1).texts
 
 
 def normalise_batch(messages: pa.Array, projection: str, shingle: str = "word") -> Normalised:
     return normalise_texts(project_arrow(messages, projection), shingle)
+
+
+def sketch(texts: Normalised, k: int, num_perm: int, seed: int, bands: int, rows: int):
+    """(flat shingle hashes, shingles per text, signatures, band keys) of normalised texts."""
+    kernels = aot.load()
+    n = len(texts)
+    data = np.ascontiguousarray(texts.data) if len(texts.data) else np.zeros(1, np.uint8)
+    kind = (2 + texts.by_char.astype(np.uint8)).astype(np.uint8)  # already normalised: copied, split
+    offsets = np.ascontiguousarray(texts.offsets, np.int64) - int(texts.offsets[0])
+    a, b = permutations(num_perm, seed) if num_perm else (np.empty(0, np.uint32), np.empty(0, np.uint32))
+    size = len(data) + 16
+    longest = int(np.diff(offsets).max(initial=0)) + 2
+    out, hashes = np.empty(size, np.uint8), np.empty(size, np.uint32)
+    counts, sig, bkeys = np.empty(n, np.int64), np.empty((n, num_perm), np.uint32), np.empty((n, bands), np.uint64)
+    total = kernels.sketch(np.zeros(1, np.uint8), np.zeros(n + 1, np.int64), kind, data, offsets, k, a, b, bands, rows,
+                           out, np.empty(n + 1, np.int64), counts, hashes, sig, bkeys, np.empty(longest, np.int64),
+                           np.empty(longest, np.uint32), np.empty(longest, np.uint32))
+    return hashes[:total].copy(), counts, sig, bkeys
 
 
 def shingle_hashes(texts: Normalised, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,15 +289,6 @@ def shingle_hashes(texts: Normalised, k: int) -> tuple[np.ndarray, np.ndarray]:
     shingle of every text."""
     hashes, counts, _, _ = sketch(texts, k, 0, 1, 0, 1)
     return hashes, counts
-
-
-def sketch(texts: Normalised, k: int, num_perm: int, seed: int, bands: int, rows: int):
-    """(flat shingle hashes, shingles per text, signatures len(texts) x num_perm uint32, band
-    keys len(texts) x bands uint64) of a batch, by one compiled loop over its texts. Rows of
-    texts without shingles are all 0xFFFFFFFF (datasketch's empty MinHash)."""
-    kernels = aot.load()
-    a, b = permutations(num_perm, seed) if num_perm else (np.empty(0, np.uint32), np.empty(0, np.uint32))
-    return kernels.sketch(texts.data, texts.offsets, texts.by_char, k, a, b, bands, rows)
 
 
 # -- MinHash ------------------------------------------------------------------------

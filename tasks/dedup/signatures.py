@@ -27,7 +27,7 @@ from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
 
 STEP = "dedup-signatures"
-VERSION = 5  # 5: rendered records hash their source's fields (tasks.dedup.content); 4: a turn's text includes its reasoning and tool calls; 3: shingle hashes, origin and reject prefix kept (dedup reads no records)
+VERSION = 6  # 6: Tuneline's unit hash instead of xxh32 (tasks.dedup.minhash), signature stored as bytes and for `verify: estimate` only; 5: rendered records hash their source's fields (tasks.dedup.content); 4: a turn's text includes its reasoning and tool calls; 3: shingle hashes, origin and reject prefix kept (dedup reads no records)
 TABLE = "dedup_signatures"
 READ_COLUMNS = ["record_id", "source", "example_id", "template_id", "messages", "n_turns", "n_chars",
                 "origin_file", "origin_row", "answer_choices", "meta"]
@@ -45,8 +45,10 @@ def signature_schema(num_perm: int, bands: int) -> pa.Schema:
             ("exact_key", pa.string()),  # null: empty projection, never matched
             ("unit", pa.string()),  # word | char
             ("n_shingles", pa.int32()),  # 0: too short, exact matching only
+            # the MinHash signature, num_perm little-endian uint32s; written for `verify: estimate`
+            # only (null otherwise, and when n_shingles == 0): exact verification never reads it
+            ("signature", pa.binary(4 * num_perm)),
             ("band_keys", pa.list_(pa.uint64(), bands)),  # null when n_shingles == 0
-            ("signature", pa.list_(pa.uint32(), num_perm)),  # null when n_shingles == 0
             ("shingles", pa.large_binary()),  # shingle hashes in text order, little-endian uint32s
             ("origin_file", pa.string()),
             ("origin_row", pa.int64()),
@@ -66,32 +68,55 @@ def lsh_params(cfg: DedupConfig) -> tuple[int, int]:
 def signature_config(cfg: DedupConfig) -> dict:
     """The part of the dedup config the signatures depend on (their cache key)."""
     keys = ["enabled", "projection", "threshold", "num_perm", "shingle", "shingle_size", "seed",
-            "false_positive_weight", "false_negative_weight"]
+            "false_positive_weight", "false_negative_weight", "verify"]
     return {k: getattr(cfg, k) for k in keys}
 
 
+def turn_texts(messages: pa.Array) -> pa.Array:
+    """`tasks.schema.text_messages` (a turn's text: reasoning, content, tool calls), without its
+    Polars pass when no turn of the batch has reasoning or tool calls (the common case)."""
+    messages = messages.combine_chunks() if isinstance(messages, pa.ChunkedArray) else messages
+    flat = messages.values
+    names = [flat.type.field(i).name for i in range(flat.type.num_fields)]
+    if "reasoning" in names and "tool_calls" in names:
+        if flat.field("reasoning").null_count != len(flat) or flat.field("tool_calls").null_count != len(flat):
+            return text_messages(messages)
+        content = pc.fill_null(flat.field("content"), "")
+        turns = pa.StructArray.from_arrays([flat.field("role"), content], names=["role", "content"])
+        return pa.ListArray.from_arrays(messages.offsets, turns)
+    return text_messages(messages)
+
+
 def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int,
-                  content: Content | None = None) -> pa.RecordBatch:
+                  content: Content | None = None, workspace: mh.Workspace | None = None) -> pa.RecordBatch:
     """Signature rows of one batch of records (vectorised over the batch). `content` recovers
-    the source fields of rendered records (none: every record is projected from its turns)."""
+    the source fields of rendered records (none: every record is projected from its turns);
+    `workspace`: the kernels' buffers, reused from batch to batch."""
     n = batch.num_rows
-    messages = text_messages(batch.column("messages"))  # reasoning and tool calls are part of a turn's text
+    messages = turn_texts(batch.column("messages"))  # reasoning and tool calls are part of a turn's text
     conversation = mh.project_arrow(messages, "conversation")
     if cfg.enabled:
         own = conversation if cfg.projection == "conversation" else mh.project_arrow(messages, cfg.projection)
         projected = content.text(batch, cfg.projection, own) if content is not None else own
-        texts = mh.normalise_texts(projected, cfg.shingle)
-        keys, units = texts.exact_keys(), texts.units()
-        hashes, counts, sig, bkeys = mh.sketch(texts, cfg.shingle_size, cfg.num_perm, cfg.seed, bands, rows)
+        num_perm = cfg.num_perm
+        sk = mh.sketch_texts(projected, cfg.shingle, cfg.shingle_size, num_perm, cfg.seed, bands, rows, workspace)
+        keys, units = sk.texts.exact_keys(), sk.texts.units()
+        hashes, counts, sig, bkeys = sk.hashes, sk.counts, sk.sig, sk.band_keys
     else:  # pass-through: nothing is compared, so nothing is computed
         keys, units = [None] * n, ["word"] * n
         counts, hashes = np.zeros(n, np.int64), np.empty(0, np.uint32)
         sig = np.zeros((n, cfg.num_perm), np.uint32)
         bkeys = np.zeros((n, bands), np.uint64)
-    empty = pa.array(counts == 0)
+    empty = counts == 0
     shingle_offsets = np.zeros(n + 1, np.int64)  # in bytes
     np.cumsum(counts * 4, out=shingle_offsets[1:])
     schema = signature_schema(cfg.num_perm, bands)
+    if cfg.verify == "estimate":
+        signature = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(4 * cfg.num_perm), n, [pa.array(~empty).buffers()[1],
+                                             pa.py_buffer(np.ascontiguousarray(sig, "<u4"))])
+    else:
+        signature = pa.nulls(n, pa.binary(4 * cfg.num_perm))
     cols = {
         "record_id": batch.column("record_id"),
         "source": batch.column("source"),
@@ -102,8 +127,8 @@ def compute_batch(batch: pa.RecordBatch, cfg: DedupConfig, bands: int, rows: int
         "exact_key": pa.array(keys, pa.string()),
         "unit": pa.array(units, pa.string()),
         "n_shingles": pa.array(counts.astype(np.int32)),
-        "band_keys": pa.FixedSizeListArray.from_arrays(pa.array(bkeys.ravel()), bands, mask=empty),
-        "signature": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), cfg.num_perm, mask=empty),
+        "band_keys": pa.FixedSizeListArray.from_arrays(pa.array(bkeys.ravel()), bands, mask=pa.array(empty)),
+        "signature": signature,
         "shingles": pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [
             None, pa.py_buffer(shingle_offsets), pa.py_buffer(np.ascontiguousarray(hashes, "<u4"))]),
         "origin_file": batch.column("origin_file"),
@@ -127,8 +152,9 @@ def signatures(root: str, recipe: dict, convert_manifest: dict) -> dict:
         schema = signature_schema(cfg.num_perm, bands)
         out = writer.table(TABLE, schema, hash_columns=HASH_COLUMNS)
         content = Content(rc, store, convert_manifest)
+        workspace = mh.Workspace()
         for batch in store.iter_batches(convert_manifest, "records", READ_COLUMNS, batch_size=cfg.batch_rows):
-            out.write(compute_batch(batch, cfg, bands, rows, content))
+            out.write(compute_batch(batch, cfg, bands, rows, content, workspace))
             n += batch.num_rows
             progress.add(batch.num_rows)
         progress.done()
