@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tasks.errors import TunelineError
+from tasks.store import atomic_write_json
 
 # POST endpoints whose JSON body is a set of optional query fields (filters, sort, limit).
 READ_ENDPOINTS = ("/filter", "/count", "/paginate", "/history", "/get_scheduled_flow_runs", "/get_runs",
@@ -177,8 +178,6 @@ def _forget(pid: int) -> None:
 
 
 def _record(pid: int, host: str, port: int, log: str) -> dict:
-    from tasks.store import atomic_write_json
-
     state = {"pid": pid, "host": host, "port": port, "api_url": f"http://{host}:{port}/api",
              "ui_url": f"http://{host}:{port}", "log": log}
     _state_path().parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +270,19 @@ def _drain() -> None:
         worker.drain_all(timeout=10)
 
 
+def _no_heartbeats() -> dict:
+    """Flow run heartbeats off for a run on Tuneline's own local server, unless the user set
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY. A heartbeat only lets a server automation mark a flow run
+    whose process died as crashed (none exists unless a user made one), and at the end of every
+    flow run Prefect waits for the heartbeat thread to wake from its one-second sleep: up to a
+    second per flow run, and a small `tuneline run` has two (pipeline, prepare)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        return {}
+    return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+
+
 @contextlib.contextmanager
 def prefect_api(timeout_s: float | None = None) -> Iterator[Any]:
     """One Prefect API for this process and its shard workers, for the length of a run.
@@ -280,8 +292,8 @@ def prefect_api(timeout_s: float | None = None) -> Iterator[Any]:
     a run pays no server start; with TUNELINE_SERVER=temporary, a temporary server for this
     run only (UI on). Either way its URL goes to every child through the environment (else
     Prefect would start a temporary server per process, and task runs in the process pool
-    would land on servers of their own). Yields the temporary server or the lasting one's
-    state, or None."""
+    would land on servers of their own); flow heartbeats are off on either (`_no_heartbeats`).
+    Yields the temporary server or the lasting one's state, or None."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
@@ -305,7 +317,7 @@ def prefect_api(timeout_s: float | None = None) -> Iterator[Any]:
     os.environ["PREFECT_API_URL"] = api_url
     refresh_global_settings_context()  # threads without the run's context read the global one
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: api_url, **_no_heartbeats()}):
             yield server
     finally:
         _drain()
