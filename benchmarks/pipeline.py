@@ -10,6 +10,13 @@ wall seconds, rows/s, peak RSS (of the whole process tree), Parquet bytes writte
 growth exponent of total time between the two largest sizes. With --flow it also runs the
 Prefect `prepare` flow on the largest size and reports the share of wall time spent in
 orchestration (flow wall time minus the sum of step times, over flow wall time).
+
+With --keep the artifacts stay; `--rerun STEP [--repeat K]` then runs one step again, K times,
+on them (its own output is deleted first, its inputs are the kept upstream manifests) and
+prints wall seconds and the CPU seconds of the whole process tree per repeat:
+
+    .venv/bin/python benchmarks/pipeline.py --sizes 1000000 --workdir /tmp/tlb-1m --keep
+    .venv/bin/python benchmarks/pipeline.py --sizes 1000000 --workdir /tmp/tlb-1m --rerun mix --repeat 3
 """
 from __future__ import annotations
 
@@ -218,6 +225,68 @@ def run_steps(data: Path, out: Path, workers: int) -> list[dict]:
     return results
 
 
+#: --rerun: the steps that can run again alone, and the upstream steps whose manifests they take.
+RERUN = {"convert": ["ingest"], "split": ["dedup"], "validate": ["split"], "tokenizer": ["validate"],
+         "mix": ["validate", "split", "tokenizer"]}
+
+
+def _manifests(out: Path, step: str) -> list[dict]:
+    from tasks.store import ArtifactStore
+
+    store = ArtifactStore(out)
+    return [store.load(step, d.name, verify=False) for d in sorted((out / step).glob("*/")) if (d / "manifest.json").is_file()]
+
+
+def _cpu_seconds(me: psutil.Process) -> float:
+    """CPU seconds of this process, its finished children and its live ones."""
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for p in me.children(recursive=True):
+        try:
+            c = p.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def rerun(data: Path, out: Path, step: str, repeat: int, workers: int) -> None:
+    """Run one step again `repeat` times on the artifacts of an earlier --keep run."""
+    from tasks.convert import convert_shard
+    from tasks.mix import mix
+    from tasks.recipe import load_recipe
+    from tasks.split import split
+    from tasks.tokens.tokenizer import build_tokenizer
+    from tasks.validate import validate
+
+    rd = load_recipe(data / "recipe.yaml").model_dump(by_alias=True)
+    root = str(out)
+    up = {s: _manifests(out, s) for s in RERUN[step]}
+    for s, ms in up.items():
+        if not ms or (s != "ingest" and len(ms) != 1):
+            raise SystemExit(f"--rerun {step}: expected {'manifests' if s == 'ingest' else 'one manifest'} "
+                             f"of {s} under {out / s}, found {len(ms)}")
+    one = {s: ms[0] for s, ms in up.items()}
+    runs = {
+        "convert": lambda: list(pool.map(convert_shard, [root] * len(up["ingest"]), [rd] * len(up["ingest"]),
+                                         up["ingest"])),
+        "split": lambda: split(root, rd, one["dedup"]),
+        "validate": lambda: validate(root, rd, one["split"]),
+        "tokenizer": lambda: build_tokenizer(root, rd, one["validate"]),
+        "mix": lambda: mix(root, rd, one["validate"], one["split"], one["tokenizer"]),
+    }
+    me = psutil.Process()
+    print(f"{'step':<12}{'repeat':>7}{'wall s':>9}{'CPU s':>9}{'peak RSS GB':>13}", flush=True)
+    with cf.ProcessPoolExecutor(workers) as pool:
+        for k in range(repeat):
+            shutil.rmtree(out / step, ignore_errors=True)
+            with RssSampler() as rss:
+                c0, t0 = _cpu_seconds(me), time.perf_counter()
+                runs[step]()
+                dt, cpu = time.perf_counter() - t0, _cpu_seconds(me) - c0
+            print(f"{step:<12}{k + 1:>7}{dt:>9.1f}{cpu:>9.1f}{rss.peak / 2**30:>13.2f}", flush=True)
+
+
 def run_flow(data: Path, out: Path) -> float:
     """Wall seconds of the Prefect `prepare` flow, on the temporary server `tuneline run`
     starts (its start-up is not counted)."""
@@ -237,7 +306,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--flow", action="store_true", help="also run the Prefect flow on the largest size")
     ap.add_argument("--keep", action="store_true", help="keep generated data and artifacts")
+    ap.add_argument("--rerun", choices=sorted(RERUN), help="run this step again on the artifacts a --keep run left")
+    ap.add_argument("--repeat", type=int, default=1, help="with --rerun: how many times")
     args = ap.parse_args()
+    if args.rerun:
+        for n in args.sizes:
+            work = Path(args.workdir) / f"n{n}"
+            rerun(work / "data", work / "artifacts", args.rerun, args.repeat, args.workers)
+        return
 
     totals = {}
     for n in args.sizes:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -56,6 +57,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import xxhash
 
 from tasks import markdown
@@ -64,7 +66,7 @@ from tasks.errors import GateFailed, RecipeError, TunelineError
 from tasks.step import Progress, input_ref, logger, run_step
 from tasks.store import ArtifactStore
 from tasks.tokens.chat import count_tokens
-from tasks.tokens.count import count_table as token_count_table
+from tasks.tokens.count import count_columns as token_count_columns
 from tasks.tokens.tokenizer import load_tokenizer, tokenizer_dir
 from tasks.validate.expectations import validate_frame
 
@@ -118,6 +120,8 @@ MIXTURE_UNSELECTED = pa.schema(
     ]
 )
 
+#: The columns of `records_valid` the pool keeps (with the token counts).
+POOL_COLUMNS = ("record_id", "source", "task")
 TokenCounter = Callable[[list[list[dict]], list[str | None]], list[int]]  # (messages, tools) of a batch
 
 
@@ -224,47 +228,62 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def count_pool_tokens(store: ArtifactStore, validate_manifest: dict, root: str, tokenizer_manifest: dict,
-                      reasoning: str = "keep") -> tuple[np.ndarray | None, TokenCounter | None, str]:
-    """Tokens per conversation with the pipeline's tokenizer and chat format:
-    (counts of every `records_valid` row in table order, None, how) from the parallel
-    counter (tasks.tokens.count), or (None, a per-batch counter, why not)."""
+                      reasoning: str = "keep", executor: Executor | None = None) -> tuple[Pool | None, TokenCounter | None, str]:
+    """Tokens per conversation with the pipeline's tokenizer and chat format: (the pool, None, how)
+    from the parallel counter (tasks.tokens.count: row groups on local threads, or on
+    `executor`, e.g. a Dask cluster's, each returning its rows' keys and counts), or
+    (None, a per-batch counter for `load_pool`, why not)."""
     tokenizer = load_tokenizer(root, tokenizer_manifest)
-    counts, how = token_count_table(store.paths(validate_manifest, "records_valid"),
-                                          tokenizer_dir(root, tokenizer_manifest) / "tokenizer.json",
-                                          tokenizer.chat_template, reasoning=reasoning)
-    if counts is not None:
-        return counts, None, how
+    paths = store.paths(validate_manifest, "records_valid")
+    progress: list[Progress] = []  # started by the first row group counted
+
+    def counted(rows: int) -> None:
+        if not progress:
+            progress.append(Progress("mix: counting tokens", total=sum(pq.ParquetFile(p).metadata.num_rows
+                                                                       for p in paths)))
+        progress[0].add(rows)
+
+    table, how = token_count_columns(paths, tokenizer_dir(root, tokenizer_manifest) / "tokenizer.json",
+                                     tokenizer.chat_template, reasoning=reasoning, executor=executor,
+                                     columns=POOL_COLUMNS, progress=counted)
+    for p in progress:
+        p.done()
+    if table is not None:
+        return pool_of(table.column("record_id"), table.column("source"), table.column("task"),
+                       table.column("n_tokens").to_numpy()), None, how
     return (None, lambda batch, tools: count_tokens(tokenizer, batch, tools=tools, reasoning=reasoning),
             f"the tokenizer, in-process ({how})")
 
 
-def load_pool(store: ArtifactStore, validate_manifest: dict, count: TokenCounter | None,
-              counts: np.ndarray | None = None) -> Pool:
-    """Read `records_valid` batch by batch, keeping only the key columns; token counts are
-    `counts` (every row, in table order) when given, else `count` of each batch's messages."""
+def load_pool(store: ArtifactStore, validate_manifest: dict, count: TokenCounter) -> Pool:
+    """Read `records_valid` batch by batch, keeping only the key columns and `count` of each
+    batch's messages."""
     ids, sources, tasks, tokens = [], [], [], []
     total = sum(part["rows"] for part in validate_manifest.get("tables", {}).get("records_valid", []))
-    progress = Progress("mix: reading the pool" if counts is not None else "mix: counting tokens", total=total)
-    cols = ["record_id", "source", "task"] + (["messages", "tools"] if counts is None else [])
-    for batch in store.iter_batches(validate_manifest, "records_valid", columns=cols, batch_size=8192):
+    progress = Progress("mix: counting tokens", total=total)
+    for batch in store.iter_batches(validate_manifest, "records_valid", columns=[*POOL_COLUMNS, "messages", "tools"],
+                                    batch_size=8192):
         ids.append(batch.column("record_id"))
-        sources.extend(batch.column("source").to_pylist())
-        tasks.extend(t or "" for t in batch.column("task").to_pylist())
-        if counts is None:
-            tokens.extend(count(batch.column("messages").to_pylist(), batch.column("tools").to_pylist()))
+        sources.append(batch.column("source"))
+        tasks.append(batch.column("task"))
+        tokens.extend(count(batch.column("messages").to_pylist(), batch.column("tools").to_pylist()))
         progress.add(batch.num_rows)
     progress.done()
-    if counts is not None:
-        if len(counts) != len(sources):
-            raise TunelineError(f"mix: {len(counts):,} token counts for {len(sources):,} rows of records_valid")
-        tokens = counts
-    record_ids = pa.chunked_array(ids, pa.string()).combine_chunks() if ids else pa.array([], pa.string())
+    return pool_of(pa.chunked_array(ids, pa.string()), pa.chunked_array(sources, pa.string()),
+                   pa.chunked_array(tasks, pa.string()), np.asarray(tokens, dtype=np.int64))
+
+
+def pool_of(record_id: pa.ChunkedArray, source: pa.ChunkedArray, task: pa.ChunkedArray, n_tokens: np.ndarray) -> Pool:
+    """The pool of these rows (any order; a null task is ""), sorted by record_id."""
+    if len(n_tokens) != len(record_id):
+        raise TunelineError(f"mix: {len(n_tokens):,} token counts for {len(record_id):,} rows of records_valid")
+    record_ids = record_id.combine_chunks()
     order = pc.sort_indices(record_ids).to_numpy()
     return Pool(
         record_id=record_ids.take(pa.array(order)),
-        source=np.array(sources, dtype=object)[order],
-        task=np.array(tasks, dtype=object)[order],
-        n_tokens=np.asarray(tokens, dtype=np.int64)[order] if len(tokens) else np.zeros(0, np.int64),
+        source=source.combine_chunks().to_numpy(zero_copy_only=False)[order].astype(object),
+        task=task.combine_chunks().fill_null("").to_numpy(zero_copy_only=False)[order].astype(object),
+        n_tokens=np.asarray(n_tokens, dtype=np.int64)[order],
     )
 
 
@@ -699,11 +718,12 @@ def check_report(rows: list[dict], suite_path: Path = SUITE) -> None:
 
 # --------------------------------------------------------------------------- the step
 def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, tokenizer_manifest: dict,
-        *, count_tokens: TokenCounter | None = None) -> dict:
+        *, count_tokens: TokenCounter | None = None, executor: Executor | None = None) -> dict:
     """Step `mix`: `records_valid` -> `mixture` (one manifest per stage) + `mixture_report`.
 
     `count_tokens` overrides the pipeline's tokenizer (tests); by default tokens are counted
-    with the tokenizer of `tokenizer_manifest` (see `count_pool_tokens`).
+    with the tokenizer of `tokenizer_manifest` (see `count_pool_tokens`), on `executor` when
+    one is given (a Dask client's executor: the same artifacts, counted on its workers).
     """
     rcp = as_recipe(recipe)
     check_stages(rcp)
@@ -721,12 +741,13 @@ def mix(root: str, recipe: dict, validate_manifest: dict, split_manifest: dict, 
 
     def body(writer) -> None:
         if count_tokens is not None:
-            counts, count, how = None, count_tokens, "the counter given"
+            pool, count, how = None, count_tokens, "the counter given"
         else:
-            counts, count, how = count_pool_tokens(store, validate_manifest, root, tokenizer_manifest,
-                                                   rcp.train.reasoning)
+            pool, count, how = count_pool_tokens(store, validate_manifest, root, tokenizer_manifest,
+                                                 rcp.train.reasoning, executor)
+        if pool is None:
+            pool = load_pool(store, validate_manifest, count)
         logger().info(f"mix: tokens counted with {how}")
-        pool = load_pool(store, validate_manifest, count, counts)
         assert_no_heldout(store, split_manifest, pool)
         planner = Planner(rcp, pool)
         plans = planner.plan_all()

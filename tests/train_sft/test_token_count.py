@@ -61,7 +61,7 @@ def test_parallel_counts_equal_the_tokenizer(tmp_path, tokenizer_json, records):
     files = _table_files(tmp_path, rows)
     counts, how = token_count.count_table(files, path, tok.chat_template, workers=2, min_rows=0)
     assert counts is not None, how
-    assert "tiktoken on 2 processes" in how
+    assert "tiktoken on 2 threads" in how
     assert counts.tolist() == count_tokens(tok, [r["messages"] for r in rows])
 
 
@@ -131,3 +131,67 @@ def test_what_does_not_qualify(tmp_path, tokenizer_json, records):
         params, reason = token_count.tiktoken_params(other)
         assert params is None and why in reason
     assert token_count.tiktoken_params(tmp_path / "missing.json")[0] is None
+
+
+#: Texts around the chunk split (tasks.tokens.count.ChunkCounts): a space starts a chunk only
+#: when whitespace does not follow it; every kind of Unicode whitespace next to spaces.
+CHUNK_TEXTS = ODD_TEXTS + [
+    "a  b", "a   b", "a \u00a0b", "a\u00a0 b", "x\u3000 y", "x \u3000y", "line\u2028 next", "line \u2029next",
+    "nel\u0085 x", "\t x", "x \t", "x \t ", " ", "  ", "\n", " \n ", "a\n\n b", "a \n\nb", "a\u200a b",
+    " 's it's  's 'S", "don't 've 'll 'd 'm 're 's 't we'd", "'s", " 'x", "x' 's'",
+    "12 345 6.7 8,9", " 1 22  333", "!!! ??? ... -- ,", "a.b c!d (e) [f]", "é è ê", "a\u0301 b\u0301",
+    "tab\tsep\tfields and\x0bvertical\x0cfeed", "\x1c\x1d\x1e\x1f separators", "\u00a0lead", "trail\u3000",
+    "ends with spaces  ", "  starts with spaces", "👍 👍🏽 👍", "中 文 空 格", "mixed 中文 and English words",
+]
+
+
+def test_chunk_counts_equal_tiktoken_on_every_kind_of_space(tokenizer_json):
+    """Split at the spaces that start a piece, counted chunk by chunk with a cache: the same
+    counts as tiktoken on the whole text (and as the tokenizer itself)."""
+    path, tok = tokenizer_json
+    fast, reference = token_count._encoders(str(path))
+    texts = [t for t in CHUNK_TEXTS if "<|" not in t]
+    texts += [a + b for a in texts[::3] for b in texts[1::4]]  # chunks that recur in new contexts
+    chunks = token_count.ChunkCounts(fast)
+    for _ in range(2):  # the second pass counts from the cache
+        got = chunks.segments(pa.array(texts, pa.string())).tolist()
+        assert got == [len(fast.encode_ordinary(t)) for t in texts]
+    assert got == [len(e) for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    assert chunks.first and chunks.later
+
+
+def test_conversation_counts_with_special_tokens_in_the_text(tmp_path, tokenizer_json, records):
+    """A special token inside a turn (or an encoding whose special tokens could overlap the
+    template's) sends the row to tiktoken on the whole text: counts still equal the tokenizer's."""
+    import tiktoken
+
+    path, tok = tokenizer_json
+    rows = _rows(records)[:10]
+    for i, text in enumerate(["<|im_start|>", "x<|im_end|>y", "<|endoftext|> end", "<|im_sta", "rt|>"]):
+        rows.append({**records[0], "record_id": f"sp{i}", "n_turns": 2,
+                     "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": text}]})
+    table = pa.Table.from_pylist(rows, schema=RECORDS)
+    expected = count_tokens(tok, [r["messages"] for r in rows])
+    assert token_count.conversation_counts(str(path), table).tolist() == expected
+    fast, _ = token_count._encoders(str(path))
+    counts, easy = token_count.ChunkCounts(fast).chatml(table.column("messages").combine_chunks())
+    assert [r["record_id"] for r, e in zip(rows, easy) if not e] == ["sp0", "sp1", "sp2"]
+    params, _ = token_count.tiktoken_params(path)
+    odd = tiktoken.Encoding("odd", **{**params, "special_tokens": {**params["special_tokens"], "|><|": 10**6}})
+    assert not token_count.ChunkCounts(odd).chatml(table.column("messages").combine_chunks())[1].any()
+
+
+def test_row_groups_on_an_executor_return_the_key_columns(tmp_path, tokenizer_json, records):
+    """Any concurrent.futures executor (a Dask client's in the pipeline) counts the row groups;
+    with `columns` the rows' keys come back beside the counts, in table order."""
+    import concurrent.futures as cf
+
+    path, tok = tokenizer_json
+    rows = _rows(records)
+    files = _table_files(tmp_path, rows, row_group_size=25)
+    with cf.ThreadPoolExecutor(3) as ex:
+        table, how = token_count.count_columns(files, path, tok.chat_template, executor=ex,
+                                               columns=("record_id", "source"))
+    assert "ThreadPoolExecutor" in how and table.column_names == ["record_id", "source", "n_tokens"]
+    assert table.column("record_id").to_pylist() == [r["record_id"] for r in rows]
+    assert table.column("n_tokens").to_pylist() == count_tokens(tok, [r["messages"] for r in rows])
