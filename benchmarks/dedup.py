@@ -9,7 +9,9 @@ exact copies (case changed) and near copies (k words replaced) of earlier record
 each in a fresh subprocess so peak RSS and CPU time are its own:
 
 * tuneline: `signatures` per shard over a ProcessPoolExecutor of --workers processes (like
-  the flow's process pool), then `dedup`: the dedup phase, signatures and clustering;
+  the flow's process pool), then `dedup`, whose tasks (key partitions, records to compare)
+  run on the same pool (`--dedup-tasks pool`; `threads`: threads of the main process;
+  `local`: one after another): the dedup phase, signatures and clustering;
 * datasketch per-shingle (`plain`): one `datasketch.MinHash()` per record with `update` per
   shingle (same normalised word 5-grams; MinHashes computed over the same process pool),
   then `MinHashLSH(threshold, num_perm)` query-then-insert; candidates merged unverified;
@@ -199,17 +201,20 @@ def _sig_job(args):
     return signatures(root, rd, m)
 
 
-def run_tuneline(root: str, convs: list[dict], workers: int) -> tuple[float, dict]:
+def run_tuneline(root: str, convs: list[dict], workers: int, dedup_tasks: str) -> tuple[float, dict]:
     from tasks.dedup import dedup
+    from tasks.dedup.mapper import local_map, pool_map, thread_map
 
     rd = _recipe()
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as ex:
         sigs = list(ex.map(_sig_job, [(root, rd, m) for m in convs]))
-    t1 = time.perf_counter()
-    m = dedup(root, rd, convs, sigs)
+        t1 = time.perf_counter()
+        mapper = {"pool": pool_map(ex), "threads": thread_map(workers), "local": local_map}[dedup_tasks]
+        m = dedup(root, rd, convs, sigs, mapper=mapper)
     t2 = time.perf_counter()
-    return t2 - t0, {"signatures_s": round(t1 - t0, 2), "dedup_s": round(t2 - t1, 2), "manifest": m}
+    return t2 - t0, {"signatures_s": round(t1 - t0, 2), "dedup_s": round(t2 - t1, 2), "dedup_tasks": dedup_tasks,
+                     "manifest": m}
 
 
 def _plain_minhashes(args):
@@ -387,7 +392,7 @@ def one(args) -> None:
     n, text_bytes = sum(limits), sum(sum(x[:lim]) for x, lim in zip(sizes, limits))
     cpu0 = _cpu_s()
     if args.impl == "tuneline":
-        secs, info = run_tuneline(args.root, convs, args.workers)
+        secs, info = run_tuneline(args.root, convs, args.workers, args.dedup_tasks)
         m = info.pop("manifest")
         clusters = store.read(m, "dedup_clusters", ["record_id", "cluster_id"])
         cid = dict(zip(clusters.column("record_id").to_pylist(), clusters.column("cluster_id").to_pylist()))
@@ -428,6 +433,9 @@ def main() -> None:
                     help="records the datasketch ways run on (the first of every shard; 0: not run)")
     ap.add_argument("--impls", nargs="+", default=["tuneline", "plain", "bulk", "rensa"],
                     choices=["tuneline", "plain", "bulk", "rensa"])
+    ap.add_argument("--dedup-tasks", choices=["pool", "threads", "local"], default="pool",
+                    help="where the dedup step's tasks run: the signatures' process pool (default), "
+                         "threads of the main process, or one after another")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", default=None, help="artifacts directory (default: a temp dir)")
     ap.add_argument("--impl", choices=["tuneline", "plain", "bulk", "rensa"], help=argparse.SUPPRESS)
@@ -456,7 +464,8 @@ def main() -> None:
                 print(json.dumps({"impl": "rensa", "skipped": "not installed (pip install rensa)"}), flush=True)
                 continue
             cmd = [sys.executable, __file__, "--impl", impl, "--n", str(n), "--root", root,
-                   "--workers", str(args.workers), "--seed", str(args.seed), "--plain-max", str(args.plain_max)]
+                   "--workers", str(args.workers), "--seed", str(args.seed), "--plain-max", str(args.plain_max),
+                   "--dedup-tasks", args.dedup_tasks]
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             print(out, end="", flush=True)
             results[impl] = json.loads(out.strip().splitlines()[-1])

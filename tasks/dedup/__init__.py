@@ -6,18 +6,24 @@ Two steps:
   shard (parallel in the flow's task runner): the projected text (`projection`: prompt =
   user turns, response = assistant turns, conversation = every turn; for records a template
   rendered, the source's own fields on that side instead of the template's wording:
-  `tasks.dedup.content`) is normalised
-  (NFKC, casefold, whitespace folded), keyed for exact matching, shingled (word
-  `shingle_size`-grams; character shingles for no-space scripts), and MinHashed in
-  NumPy over a batch of records. Signatures equal `datasketch.MinHash(num_perm, seed,
-  hashfunc=tasks.dedup.minhash.shingle_hash)` bit for bit. Table `dedup_signatures`.
-* `dedup(root, recipe, convert_manifests, signature_manifests)` -- step `dedup`:
-  exact groups, then LSH band-key collisions grouped in Polars, candidate pairs verified
-  (`verify: exact` = Jaccard over the shingle-hash sets the signatures step kept;
-  `estimate` = share of equal signature slots), kept when Jaccard >= `threshold`,
-  clustered (connected components over exact + verified edges = union-find), one record
-  kept per cluster. Tables `dedup_clusters`, `dedup_removed` (shard, row, record_id of
-  every removed row) and `rejects`.
+  `tasks.dedup.content`) is normalised (NFKC, casefold, whitespace folded), keyed for exact
+  matching, shingled (word `shingle_size`-grams; character shingles for no-space scripts)
+  and MinHashed by one compiled pass over a batch (`kernels.py`). Signatures equal
+  `datasketch.MinHash(num_perm, seed, hashfunc=tasks.dedup.minhash.shingle_hash)` bit for
+  bit (Tuneline's shingle hash: `minhash.py`). Table `dedup_signatures` (ids, keep-rule
+  columns, exact key, shingle count; the signature for `verify: estimate`), and the keys,
+  partitioned on disk by key for the out-of-core clustering: `dedup_bands`, `dedup_exact`
+  (`tasks.dedup.partitions`).
+* `dedup(root, recipe, convert_manifests, signature_manifests, mapper=None)` -- step
+  `dedup`, out of core: tasks over ranges of key partitions find the exact groups and the
+  LSH buckets; candidate pairs are verified (`verify: exact` = Jaccard over the sets of
+  shingle hashes, re-made from the records of the pairs only; `estimate` = share of equal
+  signature slots), kept when Jaccard >= `threshold`, clustered (connected components over
+  exact + verified edges), one record kept per cluster. Memory: one task's keys (at most
+  `partitions.MAX_TASK_ENTRIES`) plus what is proportional to the duplicates. The tasks
+  run where `mapper` says (`tasks.dedup.mapper`: here, threads, a process pool, Dask),
+  with the same results. Tables `dedup_clusters`, `dedup_removed` (shard, row, record_id
+  of every removed row) and `rejects`.
 * `survivors(store, dedup_manifest)` -- the kept records, in order: the convert shards
   streamed without the removed rows. The kept rows are never copied; `split` reads them
   this way.

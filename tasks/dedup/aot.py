@@ -66,8 +66,10 @@ def _signatures() -> dict:
                       array(u32, readonly=False), array(u32, 2, readonly=False), array(u64, 2, readonly=False),
                       array(i64, readonly=False), array(u32, readonly=False), array(u32, readonly=False)),
         "band_keys": array(u64, 2, readonly=False)(array(u32, 2), i64, i64),
-        "sort_segments": types.void(array(u32, readonly=False), array(i64)),
-        "jaccard_pairs": array(types.float64, readonly=False)(array(u32), array(i64), array(i64), array(i64)),
+        "jaccard_pairs_hashed": array(types.float64, readonly=False)(
+            array(u32), array(i64), array(i64), array(i64), array(u32, readonly=False), array(i64, readonly=False)),
+        "repeated_keys": array(types.boolean, readonly=False)(
+            array(u64), array(u64, readonly=False), array(types.uint8, readonly=False)),
     }
 
 

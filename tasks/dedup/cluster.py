@@ -1,10 +1,19 @@
 """Step `dedup`: exact groups, LSH candidate pairs, verification, clusters, one kept per cluster.
 
-Reads only the `dedup_signatures` tables, never the records: ids, keys and band keys to find
-candidates, the shingle hashes (verify: exact) or signatures (estimate) of candidate records
-only, and the origin and text prefix of the removed ones for their `rejects`. The kept rows
-are not copied: `dedup_removed` lists where each removed row sits in the convert shards,
-and `survivors()` streams the convert shards without them (what `split` reads).
+Out of core: the band keys and exact keys are on disk, partitioned by key
+(`tasks.dedup.partitions`), and read one task (a range of partitions) at a time; each task
+returns only what it found (exact groups, candidate pairs), so the step's memory is one task's
+keys plus what is proportional to the duplicates (their ids, keep-rule columns, shingle
+hashes), never N records. Tasks run one after another, or on a Dask cluster (`mapper`,
+`tasks.dedup.mapper`), with the same results.
+
+Reads the partitions and, of the records in an exact group or a candidate pair only (a
+number proportional to the duplicates): their keep-rule columns from `dedup_signatures`, and
+their text from the convert shards' `records`, of which `signatures.fetch` re-makes the
+shingle hashes (`verify: exact`; `estimate` reads their signatures instead), the prefix a
+reject shows and the origin. The kept rows are not copied: `dedup_removed` lists where each
+removed row sits in the convert shards, and `survivors()` streams the convert shards without
+them (what `split` reads).
 """
 from __future__ import annotations
 
@@ -13,22 +22,24 @@ from typing import Iterator
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from tasks.config import DedupConfig, Recipe
 from tasks.dedup import aot
+from tasks.dedup.mapper import Mapper, local_map
+from tasks.dedup.partitions import (BANDS_TABLE, EXACT_TABLE, band_task, candidate_pairs, exact_task, split_codes,
+                                    task_inputs, task_ranges)
 from tasks.dedup.signatures import TABLE as SIG_TABLE
-from tasks.dedup.signatures import lsh_params
+from tasks.dedup.signatures import fetch, lsh_params
 from tasks.errors import TunelineError
 from tasks.schema import REJECTS
 from tasks.step import input_ref, logger, run_step
 from tasks.store import ArtifactStore
 
 STEP = "dedup"
-VERSION = 3  # 3: template variants are of one source; 2: kept rows are not copied (dedup_removed + survivors())
-#: Buckets up to this size give all their pairs; larger ones a star plus a chain (linear).
-SMALL_BUCKET = 16
+VERSION = 4  # 4: out of core (partitioned keys, tasks); 3: template variants are of one source; 2: kept rows are not copied (dedup_removed + survivors())
 PAIR_CHUNK = 200_000
 
 CLUSTERS = pa.schema(
@@ -45,9 +56,7 @@ CLUSTERS = pa.schema(
 
 REMOVED = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("record_id", pa.string())])
 
-META_COLUMNS = ["record_id", "source", "example_id", "template_id", "n_turns", "n_chars", "exact_key", "n_shingles"]
-
-
+META_COLUMNS = ["record_id", "source", "example_id", "template_id", "n_turns", "n_chars", "exact_key"]
 # -- inputs ----------------------------------------------------------------------------
 def _pair_shards(convert_manifests: list[dict], signature_manifests: list[dict]) -> list[tuple[dict, dict]]:
     by_input = {m["inputs"]["records"]["key"]: m for m in signature_manifests}
@@ -60,40 +69,92 @@ def _pair_shards(convert_manifests: list[dict], signature_manifests: list[dict])
     return out
 
 
-def _load_meta(store: ArtifactStore, shards: list[tuple[dict, dict]], priorities: dict[str, int]) -> pl.DataFrame:
-    """One row per record over all shards: ids, keys, keep-rule columns, global `idx`."""
-    frames = []
-    for shard, (conv, sig) in enumerate(shards):
-        files = store.paths(sig, SIG_TABLE)
-        df = pl.concat([pl.read_parquet(f, columns=META_COLUMNS) for f in files]) if files else None
+def _shard_offsets(shards: list[tuple[dict, dict]]) -> np.ndarray:
+    """Global index of each shard's first record (and the total), checking that every signature
+    table has its convert shard's rows."""
+    counts = []
+    for conv, sig in shards:
         n_records = sum(p["rows"] for p in conv.get("tables", {}).get("records", []))
-        if (0 if df is None else df.height) != n_records:
+        n_sig = sum(p["rows"] for p in sig.get("tables", {}).get(SIG_TABLE, []))
+        if n_sig != n_records:
             raise TunelineError(
-                f"dedup: {sig['dir']}/{SIG_TABLE} has {0 if df is None else df.height} rows but "
+                f"dedup: {sig['dir']}/{SIG_TABLE} has {n_sig} rows but "
                 f"{conv['dir']}/records has {n_records}; rebuild the signatures"
             )
-        if df is not None:
-            frames.append(df.with_columns(shard=pl.lit(shard, pl.Int32), row=pl.int_range(df.height, dtype=pl.Int64)))
-    if not frames:
-        return pl.DataFrame(schema={c: pl.String for c in META_COLUMNS})
-    meta = pl.concat(frames).with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64))
-    prio = pl.DataFrame({"source": list(priorities), "priority": list(priorities.values())},
-                        schema={"source": pl.String, "priority": pl.Int64})
-    return meta.join(prio, on="source", how="left", maintain_order="left").with_columns(
-        pl.col("priority").fill_null(0),
-        pl.col("n_turns").fill_null(0),
-        pl.col("n_chars").fill_null(0),
-    )
+        counts.append(n_records)
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
 
 
-def _keep_rank(meta: pl.DataFrame) -> np.ndarray:
-    """rank[idx]: 0 is the record a cluster keeps first. Source priority (higher wins),
-    then more turns, then more characters, then the smallest record_id."""
-    order = meta.sort(
+def _by_shard(idx: np.ndarray, offsets: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """(shard, its first global idx, rows within the shard) for every shard, of sorted global
+    record indices `idx`; `offsets[k]` is shard k's first global idx."""
+    bounds = np.searchsorted(idx, offsets)
+    return [(k, int(offsets[k]), idx[bounds[k] : bounds[k + 1]] - offsets[k]) for k in range(len(offsets) - 1)]
+
+
+def meta_task(paths: list[str], rows: np.ndarray) -> pa.Table:
+    """`META_COLUMNS` of rows `rows` (sorted) of a shard's `dedup_signatures` (its part files)."""
+    out, base = [], 0
+    for path in paths:
+        f = pq.ParquetFile(path)
+        for g in range(f.metadata.num_row_groups):
+            n = f.metadata.row_group(g).num_rows
+            lo, hi = np.searchsorted(rows, [base, base + n])
+            if hi > lo:
+                out.append(f.read_row_group(g, columns=META_COLUMNS).take(pa.array(rows[lo:hi] - base)))
+            base += n
+    return pa.concat_tables(out)
+
+
+def _key_task(fn, inputs):
+    return fn(inputs)
+
+
+class Meta:
+    """Keep-rule and identity columns (`META_COLUMNS`, source priority) of the records the
+    clustering touches, read from `dedup_signatures` when first needed: a frame sorted by the
+    records' global index `idx`."""
+
+    def __init__(self, store: ArtifactStore, shards: list[tuple[dict, dict]], offsets: np.ndarray,
+                 priorities: dict[str, int]):
+        self.store, self.shards, self.offsets, self.priorities = store, shards, offsets, priorities
+        self.idx = np.empty(0, np.int64)
+        self.df = pl.DataFrame(schema={**{c: pl.String for c in META_COLUMNS}, "n_turns": pl.Int32,
+                                       "n_chars": pl.Int64, "idx": pl.Int64, "priority": pl.Int64})
+
+    def load(self, idx: np.ndarray, mapper: Mapper = local_map) -> None:
+        """Read the rows of records `idx` not read yet (a `meta_task` per shard, on `mapper`)."""
+        need = np.setdiff1d(np.unique(idx), self.idx)
+        if not len(need):
+            return
+        jobs = [(shard, base, rows) for shard, base, rows in _by_shard(need, self.offsets) if len(rows)]
+        tables = mapper(meta_task, [([str(p) for p in self.store.paths(self.shards[k][1], SIG_TABLE)], rows)
+                                    for k, _, rows in jobs])
+        parts = [pl.from_arrow(t).with_columns(idx=pl.Series(rows + base, dtype=pl.Int64))
+                 for (_, base, rows), t in zip(jobs, tables)]
+        prio = pl.DataFrame({"source": list(self.priorities), "priority": list(self.priorities.values())},
+                            schema={"source": pl.String, "priority": pl.Int64})
+        new = pl.concat(parts).join(prio, on="source", how="left", maintain_order="left").with_columns(
+            pl.col("priority").fill_null(0), pl.col("n_turns").fill_null(0), pl.col("n_chars").fill_null(0))
+        self.df = pl.concat([self.df, new.select(self.df.columns)], how="vertical_relaxed").sort("idx")
+        self.idx = self.df["idx"].to_numpy()
+
+    def of(self, idx: np.ndarray) -> pl.DataFrame:
+        """The rows of records `idx`, in that order (read first if needed)."""
+        self.load(idx)
+        return self.df[np.searchsorted(self.idx, idx)]
+
+
+def _keep_rank(frame: pl.DataFrame) -> np.ndarray:
+    """rank[i] of the frame's records: 0 is the record a cluster keeps first. Source priority
+    (higher wins), then more turns, then more characters, then the smallest record_id (then
+    the smallest index). Only the order matters, so ranks over any subset of the records agree
+    with the ranks over all of them."""
+    order = frame.with_row_index("_pos").sort(
         ["priority", "n_turns", "n_chars", "record_id", "idx"],
         descending=[True, True, True, False, False],
         nulls_last=True,
-    )["idx"].to_numpy()
+    )["_pos"].to_numpy()
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
     return rank
@@ -107,144 +168,102 @@ def _codes(series: pl.Series, empty_is_null: bool = True) -> np.ndarray:
     return s.rank("dense").fill_null(0).to_numpy().astype(np.int64) - 1
 
 
-# -- exact stage -------------------------------------------------------------------------
-def _exact_edges(meta: pl.DataFrame, rank: np.ndarray, scope_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(member, group representative) for every non-representative of an exact group."""
-    ex = meta.select("idx", "exact_key").with_columns(
-        scope=pl.Series(scope_code), rank=pl.Series(rank)
-    ).filter(pl.col("exact_key").is_not_null())
-    reps = ex.group_by(["scope", "exact_key"]).agg(rep=pl.col("idx").sort_by("rank").first())
-    ex = ex.join(reps, on=["scope", "exact_key"]).filter(pl.col("idx") != pl.col("rep"))
-    return ex["idx"].to_numpy(), ex["rep"].to_numpy()
-
-
-# -- LSH candidate stage ------------------------------------------------------------------
-def _load_band_keys(store: ArtifactStore, shards: list[tuple[dict, dict]], bands: int) -> np.ndarray:
-    col = store.read([sig for _, sig in shards], SIG_TABLE, ["band_keys"]).column("band_keys").combine_chunks()
-    # records without shingles have null band keys (never compared): 0 keeps the dtype
-    return col.values.fill_null(0).to_numpy().reshape(-1, bands) if len(col) else np.empty((0, bands), np.uint64)
-
-
-def _bucket_pairs(groups: pl.DataFrame) -> pl.DataFrame:
-    """Candidate pairs (a < b) of buckets: all pairs in small buckets, star + chain in large ones."""
-    groups = groups.with_row_index("gid").with_columns(n=pl.col("members").list.len())
-    small = groups.filter(pl.col("n") <= SMALL_BUCKET).select("gid", idx="members").explode("idx")
-    allp = small.join(small, on="gid", suffix="_b").filter(pl.col("idx") < pl.col("idx_b"))
-    allp = allp.select(a="idx", b="idx_b")
-    large = groups.filter(pl.col("n") > SMALL_BUCKET)
-    star = large.select(a=pl.col("members").list.first(), b=pl.col("members").list.slice(1)).explode("b")
-    chain = large.select(
-        a=pl.col("members").list.slice(1, pl.col("n") - 2), b=pl.col("members").list.slice(2)
-    ).explode("a", "b")
-    return pl.concat([allp, star, chain.drop_nulls()])
-
-
-def _candidate_pairs(nodes: np.ndarray, scope_code: np.ndarray, bkeys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of LSH nodes that share a band key (and a scope), deduplicated, a < b."""
-    if len(nodes) < 2:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    scope = scope_code[nodes]
-    salt = scope.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # other scope, other bucket
-    gids, members, first_gid = [], [], 0
-    for j in range(bkeys.shape[1]):  # buckets of one band: runs of equal keys once sorted
-        key = bkeys[nodes, j] ^ salt
-        order = np.argsort(key)
-        key = key[order]
-        gid = np.cumsum(np.r_[True, key[1:] != key[:-1]]) - 1
-        shared = np.bincount(gid)[gid] > 1
-        gids.append(gid[shared] + first_gid)
-        members.append(nodes[order[shared]])
-        first_gid += int(gid[-1]) + 1
-    buckets = pl.DataFrame({"gid": np.concatenate(gids), "idx": np.concatenate(members)})
-    if not buckets.height:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    pairs = _bucket_pairs(buckets.group_by("gid").agg(members=pl.col("idx").sort()).select("members"))
-    pairs = pairs.unique().sort(["a", "b"])
-    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    same = scope_code[a] == scope_code[b]  # a salted-key collision across scopes (p ~ 2**-64)
-    return a[same], b[same]
-
-
-def _example_codes(meta: pl.DataFrame) -> np.ndarray:
-    """Dense codes of (source, example_id); -1 where example_id is empty. Template variants are
+def _example_key(frame: pl.DataFrame) -> pl.Series:
+    """(source, example_id) as one string; null where example_id is empty. Template variants are
     renderings of one example by one source: the same example in two sources is duplicate data."""
-    key = meta.select(pl.when(pl.col("example_id").fill_null("") == "").then(None)
-                      .otherwise(pl.concat_str([pl.col("source").fill_null(""), pl.col("example_id")],
-                                               separator="\x1f")).alias("k"))["k"]
-    return _codes(key)
+    return frame.select(pl.when(pl.col("example_id").fill_null("") == "").then(None)
+                        .otherwise(pl.concat_str([pl.col("source").fill_null(""), pl.col("example_id")],
+                                                 separator="\x1f")).alias("k"))["k"]
 
 
-def _variant_mask(a: np.ndarray, b: np.ndarray, ex_code: np.ndarray, tpl_code: np.ndarray) -> np.ndarray:
-    """True where a and b are template variants: same source and example_id, different template_id."""
-    return (ex_code[a] >= 0) & (ex_code[a] == ex_code[b]) & (tpl_code[a] != tpl_code[b])
+def _variant_mask(fa: pl.DataFrame, fb: pl.DataFrame) -> np.ndarray:
+    """True where records a and b (rows of fa, fb) are template variants: same source and
+    example_id, different template_id."""
+    ea, eb = _example_key(fa), _example_key(fb)
+    ta, tb = fa["template_id"].fill_null(""), fb["template_id"].fill_null("")
+    return (ea.is_not_null() & (ea == eb).fill_null(False) & (ta != tb)).to_numpy()
 
 
-def _by_shard(idx: np.ndarray, offsets: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-    """(shard, its first global idx, rows within the shard) for every shard, of sorted global
-    record indices `idx`; `offsets[k]` is shard k's first global idx."""
-    bounds = np.searchsorted(idx, offsets)
-    return [(k, int(offsets[k]), idx[bounds[k] : bounds[k + 1]] - offsets[k]) for k in range(len(offsets) - 1)]
+# -- exact stage -------------------------------------------------------------------------
+def _exact_edges(members: np.ndarray, groups: np.ndarray, meta: Meta) -> tuple[np.ndarray, np.ndarray]:
+    """(member, group representative: its best-ranked record) for every other member of an exact group."""
+    if not len(members):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    rank = _keep_rank(meta.of(members))
+    order = np.lexsort((rank, groups))
+    m, g = members[order], groups[order]
+    first = np.r_[True, g[1:] != g[:-1]]
+    rep = m[np.maximum.accumulate(np.where(first, np.arange(len(m)), 0))]
+    return m[~first], rep[~first]
 
 
-# -- verification --------------------------------------------------------------------------
-class Verifier:
-    """Jaccard of record pairs: exact over the sets of shingle hashes, or estimated from the
-    signatures (the share of equal slots); both read from `dedup_signatures`, only for the
-    records asked for. Exact: each record's hashes sorted once, pairs merged by a compiled loop
-    (`kernels.jaccard_pairs`)."""
+class Fetched:
+    """What `signatures.fetch` re-made of the records the clustering touches (shingle hashes,
+    reject prefix, origin), by global index `ids` (sorted): record j's hashes are
+    values[bounds[j]:bounds[j+1]]."""
 
-    def __init__(self, store: ArtifactStore, shards: list[tuple[dict, dict]], offsets: np.ndarray, cfg: DedupConfig):
-        self.store, self.shards, self.offsets, self.cfg = store, shards, offsets, cfg
-        self.ids = np.empty(0, np.int64)  # sorted global indices loaded
-        self.values = np.empty(0, np.uint32)  # exact: their hashes, each record's sorted; estimate: signatures
-        self.bounds = np.zeros(1, np.int64)  # exact: record j is values[bounds[j]:bounds[j+1]]
-
-    def load(self, idx: np.ndarray) -> None:
-        need = np.setdiff1d(np.unique(idx), self.ids)
-        if not len(need):
-            return
-        column = "signature" if self.cfg.verify == "estimate" else "shingles"
-        parts, sizes = [], []
-        for shard, base, rows in _by_shard(need, self.offsets):
-            if not len(rows):
-                continue
-            col = self.store.take(self.shards[shard][1], SIG_TABLE, rows, [column]).column(0).combine_chunks()
-            if column == "signature":  # fixed-size binary: num_perm little-endian uint32s per record
-                parts.append(np.frombuffer(col.buffers()[1], "<u4", len(rows) * self.cfg.num_perm,
-                                           4 * self.cfg.num_perm * col.offset))
-                sizes.append(np.full(len(rows), self.cfg.num_perm, np.int64))
-            else:
-                _, offsets, data = col.buffers()
-                ends = np.frombuffer(offsets, np.int64)[col.offset : col.offset + len(rows) + 1] // 4
-                parts.append(np.frombuffer(data, "<u4", ends[-1] - ends[0], 4 * ends[0]) if ends[-1] > ends[0]
-                             else np.empty(0, np.uint32))
-                sizes.append(np.diff(ends))
-        new_values = np.concatenate(parts).astype(np.uint32)  # a copy: sorted in place below
-        new_bounds = np.zeros(len(need) + 1, np.int64)
-        np.cumsum(np.concatenate(sizes), out=new_bounds[1:])
-        if column == "shingles":
-            aot.load().sort_segments(new_values, new_bounds)
-        ids = np.concatenate([self.ids, need])
-        order = np.argsort(ids, kind="stable")
-        sizes_all = np.concatenate([np.diff(self.bounds), np.diff(new_bounds)])[order]
-        starts_all = np.concatenate([self.bounds[:-1], new_bounds[:-1] + len(self.values)])[order]
-        values = np.concatenate([self.values, new_values])
-        self.values = np.concatenate([values[s:s + n] for s, n in zip(starts_all.tolist(), sizes_all.tolist())]) \
-            if len(self.ids) else new_values
-        self.ids = ids[order]
+    def __init__(self, parts: list[tuple[int, dict]]):
+        parts = [(base, f) for base, f in parts if len(f["rows"])]
+        self.ids = np.concatenate([f["rows"] + base for base, f in parts]) if parts else np.empty(0, np.int64)
+        counts = np.concatenate([f["counts"] for _, f in parts]) if parts else np.empty(0, np.int64)
         self.bounds = np.zeros(len(self.ids) + 1, np.int64)
-        np.cumsum(sizes_all, out=self.bounds[1:])
+        np.cumsum(counts, out=self.bounds[1:])
+        self.values = np.empty(int(self.bounds[-1]), np.uint32)
+        at = 0
+        for _, f in parts:  # each part's hashes copied in, then let go: one copy at a time
+            n = len(f["hashes"])
+            self.values[at : at + n] = f["hashes"]
+            f["hashes"] = None
+            at += n
+        types = {"raw_prefix": pa.string(), "origin_file": pa.string(), "origin_row": pa.int64(), "record_id": pa.string()}
+        self.columns = {c: pa.concat_arrays([f[c].cast(t) for _, f in parts]) if parts else pa.array([], t)
+                        for c, t in types.items()}
+
+    def pos(self, idx: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.ids, idx)
+        if len(idx) and (pos.max() >= len(self.ids) or not np.array_equal(self.ids[pos], idx)):
+            raise TunelineError("dedup: a record's shingles were not fetched")  # a bug, not bad input
+        return pos
+
+
+class Verifier:
+    """Jaccard of record pairs: exact over the sets of shingle hashes (`Fetched`; a compiled loop
+    puts one record's hashes in a hash set and probes it with the other's:
+    `kernels.jaccard_pairs_hashed`), or estimated from the signatures (the share of equal slots,
+    read from `dedup_signatures` for the records asked for)."""
+
+    def __init__(self, store: ArtifactStore, shards: list[tuple[dict, dict]], offsets: np.ndarray, cfg: DedupConfig,
+                 fetched: Fetched):
+        self.store, self.shards, self.offsets, self.cfg, self.fetched = store, shards, offsets, cfg, fetched
+        self.sig_ids, self.sigs = np.empty(0, np.int64), np.empty((0, cfg.num_perm), np.uint32)
+
+    def _load_signatures(self, idx: np.ndarray) -> None:
+        need = np.setdiff1d(np.unique(idx), self.sig_ids)
+        parts = []
+        for shard, base, rows in _by_shard(need, self.offsets):
+            if len(rows):  # fixed-size binary: num_perm little-endian uint32s per record
+                col = self.store.take(self.shards[shard][1], SIG_TABLE, rows, ["signature"]).column(0).combine_chunks()
+                parts.append(np.frombuffer(col.buffers()[1], "<u4", len(rows) * self.cfg.num_perm,
+                                           4 * self.cfg.num_perm * col.offset).reshape(-1, self.cfg.num_perm))
+        if parts:
+            ids = np.concatenate([self.sig_ids, need])
+            order = np.argsort(ids)
+            self.sig_ids, self.sigs = ids[order], np.concatenate([self.sigs] + parts)[order]
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        self.load(np.concatenate([a, b]))
-        ia, ib = np.searchsorted(self.ids, a), np.searchsorted(self.ids, b)
         if self.cfg.verify == "estimate":
-            sig = self.values.reshape(-1, self.cfg.num_perm)
+            self._load_signatures(np.concatenate([a, b]))
+            ia, ib = np.searchsorted(self.sig_ids, a), np.searchsorted(self.sig_ids, b)
             out = np.empty(len(a), np.float64)
             for s in range(0, len(a), PAIR_CHUNK):
-                out[s : s + PAIR_CHUNK] = (sig[ia[s : s + PAIR_CHUNK]] == sig[ib[s : s + PAIR_CHUNK]]).mean(axis=1)
+                out[s : s + PAIR_CHUNK] = (self.sigs[ia[s : s + PAIR_CHUNK]] == self.sigs[ib[s : s + PAIR_CHUNK]]).mean(axis=1)
             return out
-        return aot.load().jaccard_pairs(self.values, self.bounds, ia.astype(np.int64), ib.astype(np.int64))
+        f = self.fetched
+        ia, ib = f.pos(a), f.pos(b)
+        longest = int(np.diff(f.bounds).max(initial=1))
+        size = 1 << max((4 * longest).bit_length(), 4)  # a pair's two sets fit at most half full
+        return aot.load().jaccard_pairs_hashed(f.values, f.bounds, ia.astype(np.int64), ib.astype(np.int64),
+                                               np.empty(size, np.uint32), np.zeros(size, np.int64))
 
 
 # -- clusters and the keep rule -----------------------------------------------------------
@@ -283,11 +302,24 @@ def _choose_kept(labels: np.ndarray, rank: np.ndarray, ex_code: np.ndarray, tpl_
 
 
 def _similarities(members, kept_of, is_exact, proxy, verifier) -> np.ndarray:
+    """Jaccard of each member to the record it is kept for (1.0 for kept and exact members);
+    `proxy`: per member, the record whose shingles it has (its exact group's representative)."""
     sim = np.ones(len(members), np.float64)
     near = np.flatnonzero((members != kept_of) & ~is_exact)
     if len(near):
-        sim[near] = verifier.similarity(proxy[members[near]], kept_of[near])
+        sim[near] = verifier.similarity(proxy[near], kept_of[near])
     return sim
+
+
+def _components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the records on the edges, sorted; their component labels, numbered in the order of each
+    component's smallest record)."""
+    nodes = np.unique(np.concatenate([a, b]))
+    m = len(nodes)
+    graph = coo_matrix((np.ones(len(a), np.int8), (np.searchsorted(nodes, a), np.searchsorted(nodes, b))),
+                       shape=(m, m)).tocsr()
+    _, labels = connected_components(graph, directed=False)  # labels in order of first (smallest) node
+    return nodes, labels
 
 
 # -- output --------------------------------------------------------------------------------
@@ -312,27 +344,53 @@ def _report(per_source: pl.DataFrame, stats: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_removed(writer, store, shards, offsets, removed, related, reason, sim, meta) -> None:
+def _row_group_starts(store: ArtifactStore, shards: list[tuple[dict, dict]], offsets: np.ndarray) -> np.ndarray:
+    """Global index of the first record of every row group of the shards' `dedup_signatures`."""
+    starts = []
+    for (_, sig), base in zip(shards, offsets[:-1].tolist()):
+        for path in store.paths(sig, SIG_TABLE):
+            md = pq.ParquetFile(path).metadata
+            for g in range(md.num_row_groups):
+                starts.append(base)
+                base += md.row_group(g).num_rows
+    return np.asarray(starts, np.int64)
+
+
+def _chunked(values, type_: pa.DataType, bounds: list[int]) -> pa.ChunkedArray:
+    """`values` (an Arrow array or a list) as chunks [bounds[k], bounds[k+1])."""
+    values = values if isinstance(values, pa.Array) else pa.array(values, type_)
+    return pa.chunked_array([values.slice(a, b - a) for a, b in zip(bounds, bounds[1:])], type_)
+
+
+def _write_removed(writer, store, shards, offsets, gone, related_ids, reason, sim, sources, fetched: Fetched) -> None:
     """`dedup_removed` (where each removed row sits in the convert shards) and `rejects`
-    (one row per removed record, with the record it duplicates), both from the signature
-    tables. The kept rows are not copied: `survivors()` reads them from the convert shards."""
-    gone = np.flatnonzero(removed)
+    (one row per removed record, with the record it duplicates), in record order (`gone`
+    sorted). The kept rows are not copied: `survivors()` reads them from the convert shards.
+    The columns read per record are chunked by signature row group, as they were when they were
+    read from that table (dedup v3): Parquet's page layout follows the chunks, and the bytes
+    written stay the same."""
+    shard = np.searchsorted(offsets, gone, side="right") - 1
+    pos = pa.array(fetched.pos(gone))
+    col = {c: fetched.columns[c].take(pos) for c in fetched.columns}
+    group = np.searchsorted(_row_group_starts(store, shards, offsets), gone, side="right")
+    bounds = [0] + (np.flatnonzero(np.diff(group)) + 1).tolist() + [len(gone)]
+    record_ids = _chunked(col["record_id"], pa.string(), bounds)
     writer.write("dedup_removed", REMOVED, pa.table({
-        "shard": meta["shard"].gather(gone).to_arrow(),
-        "row": meta["row"].gather(gone).to_arrow(),
-        "record_id": meta["record_id"].gather(gone).to_arrow(),
+        "shard": pa.array(shard.astype(np.int32)),
+        "row": pa.array((gone - offsets[shard]).astype(np.int64)),
+        "record_id": col["record_id"],
     }))
-    columns = ["record_id", "source", "origin_file", "origin_row", "raw_prefix"]
-    found = pa.concat_tables([store.take(shards[shard][1], SIG_TABLE, rows, columns)
-                              for shard, _, rows in _by_shard(gone, offsets)])
     n = len(gone)
     writer.write("rejects", REJECTS, pa.table({
         "step": pa.array([STEP] * n, pa.string()),
-        "reason": pa.array(reason[gone].tolist(), pa.string()),
-        "detail": pa.array([f"jaccard {x:.3f} to kept record" for x in sim[gone].tolist()], pa.string()),
-        **{c: found.column(c) for c in ("source", "origin_file", "origin_row", "record_id")},
-        "related_id": meta["record_id"].gather(related[gone]).to_arrow(),
-        "raw_prefix": found.column("raw_prefix"),
+        "reason": pa.array(reason, pa.string()),
+        "detail": pa.array([f"jaccard {x:.3f} to kept record" for x in sim.tolist()], pa.string()),
+        "source": _chunked(sources, pa.string(), bounds),
+        "origin_file": _chunked(col["origin_file"], pa.string(), bounds),
+        "origin_row": _chunked(col["origin_row"], pa.int64(), bounds),
+        "record_id": record_ids,
+        "related_id": pa.array(related_ids, pa.string()),
+        "raw_prefix": _chunked(col["raw_prefix"], pa.string(), bounds),
     }))
 
 
@@ -368,98 +426,121 @@ def survivors(store: ArtifactStore, dedup_manifest: dict, columns: list[str] | N
             yield batch
 
 
-def _run(writer, store: ArtifactStore, shards, cfg: DedupConfig, priorities: dict[str, int]) -> None:
+def _run(writer, store: ArtifactStore, shards, recipe: Recipe, priorities: dict[str, int], mapper: Mapper) -> None:
+    cfg = recipe.dedup
     log = logger()
     bands, rows = lsh_params(cfg)
-    meta = _load_meta(store, shards, priorities)
-    n = meta.height
+    offsets = _shard_offsets(shards)
+    n = int(offsets[-1])
     if n == 0:
         _pass_through(writer, shards)
         writer.stats["enabled"] = True
         return
-    counts = np.bincount(meta["shard"].to_numpy(), minlength=len(shards))
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    rank = _keep_rank(meta)
-    src_code = _codes(meta["source"], empty_is_null=False)
-    scope_code = src_code if cfg.scope == "within_source" else np.zeros(n, np.int64)
-    ex_code = _example_codes(meta)
-    tpl_code = _codes(meta["template_id"])
-    key_code = _codes(meta["exact_key"])
+    root, sigs, offs = str(store.root), [s for _, s in shards], offsets.tolist()
+    meta = Meta(store, shards, offsets, priorities)
     keep_variants = cfg.template_variants == "keep"
 
-    # 1. exact duplicates: every member points at its group's best-ranked record.
-    ea, eb = _exact_edges(meta, rank, scope_code)
-    if keep_variants:
-        ok = ~_variant_mask(ea, eb, ex_code, tpl_code)
+    # 1. the key partitions, exact and band tasks together: exact groups and bucket rows.
+    exact_ranges, band_ranges = task_ranges(sigs, EXACT_TABLE), task_ranges(sigs, BANDS_TABLE)
+    found = mapper(_key_task, [(exact_task, task_inputs(store, sigs, offs, EXACT_TABLE, p0, p1))
+                               for p0, p1 in exact_ranges] +
+                   [(band_task, task_inputs(store, sigs, offs, BANDS_TABLE, p0, p1)) for p0, p1 in band_ranges])
+    exact_found, band_found = found[: len(exact_ranges)], found[len(exact_ranges):]
+    pa.default_memory_pool().release_unused()  # the tasks' Parquet buffers, when they ran here
+    shift = np.cumsum([0] + [int(g.max()) + 1 if len(g) else 0 for _, g in exact_found])
+    members = np.concatenate([np.empty(0, np.int64)] + [m for m, _ in exact_found]).astype(np.int64)
+    groups = np.concatenate([np.empty(0, np.int64)] + [g + s for (_, g), s in zip(exact_found, shift)]).astype(np.int64)
+    bucket_keys = np.concatenate([np.empty(0, np.uint64)] + [k for k, _ in band_found])
+    bucket_idx = np.concatenate([np.empty(0, np.int64)] + [i for _, i in band_found]).astype(np.int64)
+    meta.load(np.unique(np.concatenate([members, bucket_idx])), mapper)
+    # 2. exact duplicates: every member points at its group's best-ranked record.
+    ea, eb = _exact_edges(members, groups, meta)
+    if keep_variants and len(ea):
+        ok = ~_variant_mask(meta.of(ea), meta.of(eb))
         ea, eb = ea[ok], eb[ok]
-    proxy = np.arange(n)
-    proxy[ea] = eb  # same normalised text, same shingles
-    # 2. LSH candidates among the records left, verified.
-    has_exact_edge = np.zeros(n, bool)
-    has_exact_edge[ea] = True
-    nodes = np.flatnonzero((meta["n_shingles"].to_numpy() > 0) & ~has_exact_edge)
-    bkeys = _load_band_keys(store, shards, bands)
-    ca, cb = _candidate_pairs(nodes, scope_code, bkeys)
-    del bkeys
-    if keep_variants:
-        ok = ~_variant_mask(ca, cb, ex_code, tpl_code)
+    order = np.argsort(ea)
+    ea, eb = ea[order], eb[order]  # sorted by member: the proxy lookup below
+    # 3. LSH candidates among the records left, verified.
+    ca, cb = split_codes(candidate_pairs(bucket_keys, bucket_idx, ea))
+    if len(ca):
+        fa, fb = meta.of(ca), meta.of(cb)
+        ok = (fa["source"] == fb["source"]).fill_null(False).to_numpy() if cfg.scope == "within_source" else (
+            np.ones(len(ca), bool))  # a salted-key collision across sources (p ~ 2**-64)
+        if keep_variants:
+            ok &= ~_variant_mask(fa, fb)
         ca, cb = ca[ok], cb[ok]
-    verifier = Verifier(store, shards, offsets, cfg)
+    # the records in an exact group or candidate pair: their shingles (re-made), prefix and origin
+    needed = np.unique(np.concatenate([members, ca, cb]))
+    convs = [c for c, _ in shards]
+    jobs = [(k, base, rows) for k, base, rows in _by_shard(needed, offsets) if len(rows)]
+    fetched = Fetched(list(zip([base for _, base, _ in jobs], mapper(fetch, [
+        (root, recipe, convs[k], rows) for k, _, rows in jobs]))))
+    pa.default_memory_pool().release_unused()
+    verifier = Verifier(store, shards, offsets, cfg, fetched)
     csim = verifier.similarity(ca, cb) if len(ca) else np.empty(0)
     near = csim >= cfg.threshold
     log.info(f"dedup: {len(ea):,} exact edges, {len(ca):,} candidate pairs, {int(near.sum()):,} verified")
-    # 3. clusters (connected components = union-find over all edges), keep rule.
-    a = np.concatenate([ea, ca[near]])
-    b = np.concatenate([eb, cb[near]])
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)).tocsr()
-    _, labels = connected_components(graph, directed=False)
-    members, kept_of = _choose_kept(labels, rank, ex_code, tpl_code, keep_variants)
+    # 4. clusters (connected components over all edges), keep rule.
+    a, b = np.concatenate([ea, ca[near]]), np.concatenate([eb, cb[near]])
+    nodes, labels = _components(a, b) if len(a) else (np.empty(0, np.int64), np.empty(0, np.int64))
+    frame = meta.of(nodes)
+    rank = _keep_rank(frame)
+    ex_code, tpl_code, key_code = _codes(_example_key(frame)), _codes(frame["template_id"]), _codes(frame["exact_key"])
+    local, local_kept = _choose_kept(labels, rank, ex_code, tpl_code, keep_variants)
+    members, kept_of = nodes[local], nodes[local_kept]
     is_kept = members == kept_of
-    is_exact = (key_code[members] >= 0) & (key_code[members] == key_code[kept_of])
+    is_exact = (key_code[local] >= 0) & (key_code[local] == key_code[local_kept])
+    pos = np.searchsorted(ea, members)
+    has_rep = (pos < len(ea)) & (ea[np.minimum(pos, max(len(ea) - 1, 0))] == members) if len(ea) else (
+        np.zeros(len(members), bool))
+    proxy = np.where(has_rep, eb[np.minimum(pos, max(len(ea) - 1, 0))] if len(ea) else members, members)
     sim = _similarities(members, kept_of, is_exact, proxy, verifier)
-
-    removed = np.zeros(n, bool)
-    removed[members[~is_kept]] = True
-    related = np.arange(n)
-    related[members] = kept_of
-    reason = np.full(n, None, object)
-    reason[members[~is_kept & is_exact]] = "exact_duplicate"
-    reason[members[~is_kept & ~is_exact]] = "near_duplicate"
-    simg = np.ones(n)
-    simg[members] = sim
+    reason = np.where(is_kept, None, np.where(is_exact, "exact_duplicate", "near_duplicate")).astype(object)
 
     # cluster ids: clusters ordered by the record_id of their best-ranked kept record.
-    lab = labels[members]
+    record_ids = frame["record_id"].to_numpy()
+    lab = labels[local]
     first = np.r_[True, lab[1:] != lab[:-1]] if len(lab) else np.empty(0, bool)
-    head_ids = meta["record_id"].gather(members[first]).to_numpy()
-    cluster_of_label = np.zeros(labels.max() + 1, np.int64)
+    head_ids = record_ids[local[first]]
+    cluster_of_label = np.zeros(int(labels.max()) + 1 if len(labels) else 1, np.int64)
     cluster_of_label[lab[first]] = np.argsort(np.argsort(head_ids, kind="stable"), kind="stable")
     clusters = pa.table(
         {
             "cluster_id": cluster_of_label[lab],
-            "record_id": meta["record_id"].gather(members).to_arrow(),
+            "record_id": pa.array(record_ids[local].tolist(), pa.string()),
             "is_kept": is_kept,
-            "kept_record_id": meta["record_id"].gather(kept_of).to_arrow(),
+            "kept_record_id": pa.array(record_ids[local_kept].tolist(), pa.string()),
             "similarity": sim,
-            "source": meta["source"].gather(members).to_arrow(),
-            "reason": pa.array(reason[members].tolist(), pa.string()),
+            "source": pa.array(frame["source"].to_numpy()[local].tolist(), pa.string()),
+            "reason": pa.array(reason.tolist(), pa.string()),
         }
     )
     writer.write("dedup_clusters", CLUSTERS, clusters.sort_by([("cluster_id", "ascending"),
                                                                ("is_kept", "descending"),
                                                                ("record_id", "ascending")]))
-    _write_removed(writer, store, shards, offsets, removed, related, reason, simg, meta)
+    gone_order = np.argsort(members[~is_kept], kind="stable")
+    gone = members[~is_kept][gone_order]
+    _write_removed(writer, store, shards, offsets, gone, record_ids[local_kept][~is_kept][gone_order].tolist(),
+                   reason[~is_kept][gone_order].tolist(), sim[~is_kept][gone_order],
+                   frame["source"].to_numpy()[local][~is_kept][gone_order].tolist(), fetched)
 
-    per_source = (
-        pl.DataFrame({"source": meta["source"],
-                      "exact": reason == "exact_duplicate", "near": reason == "near_duplicate"})
-        .group_by("source").agg(rows_in=pl.len(), exact=pl.col("exact").sum(), near=pl.col("near").sum())
-        .sort("source")
-    )
+    rows_in: dict[str, int] = {}
+    for sig in sigs:
+        for src, c in sig["stats"].get("sources", {}).items():
+            rows_in[src] = rows_in.get(src, 0) + c
+    removed_src = frame["source"].to_numpy()[local][~is_kept]
+    removed_reason = reason[~is_kept]
+    per_source = pl.DataFrame({
+        "source": list(rows_in), "rows_in": list(rows_in.values()),
+        "exact": [int(((removed_src == s) & (removed_reason == "exact_duplicate")).sum()) for s in rows_in],
+        "near": [int(((removed_src == s) & (removed_reason == "near_duplicate")).sum()) for s in rows_in],
+    }, schema={"source": pl.String, "rows_in": pl.Int64, "exact": pl.Int64, "near": pl.Int64}).sort("source")
+    n_removed = int((~is_kept).sum())
     stats = writer.stats
     stats.update(
-        rows_in=n, rows_out=int(n - removed.sum()), rows_rejected=int(removed.sum()),
-        exact_removed=int((reason == "exact_duplicate").sum()), near_removed=int((reason == "near_duplicate").sum()),
+        rows_in=n, rows_out=n - n_removed, rows_rejected=n_removed,
+        exact_removed=int((removed_reason == "exact_duplicate").sum()),
+        near_removed=int((removed_reason == "near_duplicate").sum()),
         clusters=int(first.sum()), candidate_pairs=int(len(ca)), verified_pairs=int(near.sum()),
         bands=bands, rows=rows, num_perm=cfg.num_perm, threshold=cfg.threshold, shingle=cfg.shingle,
         shingle_size=cfg.shingle_size, seed=cfg.seed, projection=cfg.projection, scope=cfg.scope,
@@ -469,9 +550,12 @@ def _run(writer, store: ArtifactStore, shards, cfg: DedupConfig, priorities: dic
     stats["report_markdown"] = _report(per_source, stats)
 
 
-def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_manifests: list[dict]) -> dict:
+def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_manifests: list[dict],
+          mapper: Mapper | None = None) -> dict:
     """Step `dedup` over all convert shards; returns its manifest (tables dedup_clusters,
-    dedup_removed, rejects; `survivors()` reads the kept records through it)."""
+    dedup_removed, rejects; `survivors()` reads the kept records through it). `mapper` runs the
+    partition tasks (`local_map` by default; `tasks.dedup.mapper.dask_map` on a Dask cluster):
+    the results are the same wherever they run."""
     rec = Recipe.model_validate(recipe)
     cfg = rec.dedup
     store = ArtifactStore(root)
@@ -482,7 +566,7 @@ def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_mani
 
     def body(writer):
         if cfg.enabled:
-            _run(writer, store, shards, cfg, priorities)
+            _run(writer, store, shards, rec, priorities, mapper or local_map)
         else:
             _pass_through(writer, shards)
 

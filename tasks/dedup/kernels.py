@@ -276,48 +276,67 @@ def sketch(data, offsets, kind, repl_data, repl_offsets, k, a, b, bands, rows,
 
 
 @njit(cache=True, nogil=True)
-def sort_segments(values, offsets):
-    """Sort values[offsets[i]:offsets[i+1]] in place, for every i."""
-    for i in range(len(offsets) - 1):
-        values[offsets[i]:offsets[i + 1]].sort()
+def repeated_keys(keys, table_keys, table_count):
+    """Mark the keys that occur at least twice (an open-addressing count over caller-given
+    tables of a power-of-two size at least twice len(keys); contents are overwritten)."""
+    mask_bits = _U(len(table_keys) - 1)
+    table_count[:] = 0
+    for i in range(len(keys)):
+        k = keys[i]
+        h = (k * _K0) >> _U(32)
+        s = h & mask_bits
+        while table_count[s] != 0 and table_keys[s] != k:
+            s = (s + _U(1)) & mask_bits
+        table_keys[s] = k
+        if table_count[s] < 2:
+            table_count[s] += 1
+    out = np.empty(len(keys), np.bool_)
+    for i in range(len(keys)):
+        k = keys[i]
+        h = (k * _K0) >> _U(32)
+        s = h & mask_bits
+        while table_keys[s] != k:
+            s = (s + _U(1)) & mask_bits
+        out[i] = table_count[s] > 1
+    return out
 
 
 @njit(cache=True, nogil=True)
-def jaccard_pairs(values, offsets, a, b):
-    """Jaccard of the sets of values of segments a[j] and b[j] (each segment sorted, repeats
-    allowed): |A & B| / |A | B|, 1.0 for two empty sets."""
+def jaccard_pairs_hashed(values, offsets, a, b, table, stamp):
+    """Jaccard of the sets of values of segments a[j] and b[j] (repeats allowed, any order):
+    |A & B| / |A | B| (1.0 for two empty sets), by an open-addressing set per pair in the
+    caller's `table` (uint32) and `stamp` (int64, zeroed) of a power-of-two size at least twice
+    the longest segment."""
     out = np.empty(len(a), np.float64)
+    mask_bits = _U(len(table) - 1)
+    gen = 0
     for j in range(len(a)):
-        p, pe = offsets[a[j]], offsets[a[j] + 1]
-        q, qe = offsets[b[j]], offsets[b[j] + 1]
-        inter = 0
-        union = 0
-        while p < pe and q < qe:
-            x, y = values[p], values[q]
-            if x == y:
-                inter += 1
-                union += 1
-                while p < pe and values[p] == x:
-                    p += 1
-                while q < qe and values[q] == y:
-                    q += 1
-            elif x < y:
-                union += 1
-                while p < pe and values[p] == x:
-                    p += 1
-            else:
-                union += 1
-                while q < qe and values[q] == y:
-                    q += 1
-        while p < pe:
+        gen += 2  # stamp gen: in A; gen + 1: in B (and possibly A)
+        ua = 0
+        for p in range(offsets[a[j]], offsets[a[j] + 1]):
             x = values[p]
-            union += 1
-            while p < pe and values[p] == x:
-                p += 1
-        while q < qe:
-            y = values[q]
-            union += 1
-            while q < qe and values[q] == y:
-                q += 1
+            s = (_U(x) * _K1 >> _U(32)) & mask_bits
+            while stamp[s] >= gen and table[s] != x:
+                s = (s + _U(1)) & mask_bits
+            if stamp[s] < gen:
+                table[s] = x
+                stamp[s] = gen
+                ua += 1
+        ub = 0
+        inter = 0
+        for p in range(offsets[b[j]], offsets[b[j] + 1]):
+            x = values[p]
+            s = (_U(x) * _K1 >> _U(32)) & mask_bits
+            while stamp[s] >= gen and table[s] != x:
+                s = (s + _U(1)) & mask_bits
+            if stamp[s] < gen:  # only in B
+                table[s] = x
+                stamp[s] = gen + 1
+                ub += 1
+            elif stamp[s] == gen:  # in A, first time in B
+                stamp[s] = gen + 1
+                ub += 1
+                inter += 1
+        union = ua + ub - inter
         out[j] = inter / union if union else 1.0
     return out
