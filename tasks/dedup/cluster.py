@@ -28,7 +28,7 @@ from scipy.sparse.csgraph import connected_components
 
 from tasks.config import DedupConfig, Recipe
 from tasks.dedup import aot
-from tasks.dedup.mapper import Mapper, local_map
+from tasks.dedup.mapper import Mapper, auto_mapper, local_map
 from tasks.dedup.partitions import (BANDS_TABLE, EXACT_TABLE, band_task, candidate_pairs, exact_task, split_codes,
                                     task_inputs, task_ranges)
 from tasks.dedup.signatures import TABLE as SIG_TABLE
@@ -554,8 +554,9 @@ def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_mani
           mapper: Mapper | None = None) -> dict:
     """Step `dedup` over all convert shards; returns its manifest (tables dedup_clusters,
     dedup_removed, rejects; `survivors()` reads the kept records through it). `mapper` runs the
-    partition tasks (`local_map` by default; `tasks.dedup.mapper.dask_map` on a Dask cluster):
-    the results are the same wherever they run."""
+    step's tasks (`tasks.dedup.mapper`; default `auto_mapper()`: on the Dask cluster of a flow
+    run under prefect-dask's DaskTaskRunner, else here, one after another): the artifacts are
+    the same wherever they run."""
     rec = Recipe.model_validate(recipe)
     cfg = rec.dedup
     store = ArtifactStore(root)
@@ -566,7 +567,7 @@ def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_mani
 
     def body(writer):
         if cfg.enabled:
-            _run(writer, store, shards, rec, priorities, mapper or local_map)
+            _run(writer, store, shards, rec, priorities, mapper or auto_mapper())
         else:
             _pass_through(writer, shards)
 

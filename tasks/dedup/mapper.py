@@ -10,9 +10,15 @@ values, so any of these runs them, and the step's artifacts are the same whichev
   kernels' callers release the GIL for most of a task);
 * `pool_map(executor)`: any `concurrent.futures` executor, e.g. the process pool the
   signatures ran on;
+* `dask_map(client)`: a `dask.distributed` cluster, one Dask task per step task;
+* `auto_mapper()`: Dask when the step runs in a Prefect flow run whose task runner is
+  prefect-dask's `DaskTaskRunner` (the runner's client in the flow's process; on a worker,
+  the worker's client, seceding), else `local_map`. `dedup()` uses it by default, so a flow
+  on a Dask cluster spreads the clustering over its workers without passing anything.
 """
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -46,5 +52,63 @@ def thread_map(workers: int) -> Mapper:
             return local_map(fn, args)
         with ThreadPoolExecutor(min(workers, len(args))) as ex:
             return list(ex.map(_call, [(fn, a) for a in args]))
+
+    return mapper
+
+
+def dask_map(client) -> Mapper:
+    """The tasks on the Dask cluster of `client` (a `distributed.Client`): one Dask task per
+    step task (named `dedup-<function>-<n>`), gathered in order."""
+
+    def mapper(fn: Callable, args: Sequence[tuple]) -> list:
+        if not args:
+            return []
+        name = getattr(fn, "__name__", "task").strip("_")
+        call = uuid.uuid4().hex[:12]  # a key of its own per call: never an earlier call's result
+        keys = [f"dedup-{name}-{call}-{i}" for i in range(len(args))]
+        futures = client.map(_call, [(fn, a) for a in args], key=keys, pure=False)
+        return client.gather(futures)
+
+    return mapper
+
+
+def _dask_runner():
+    """The prefect-dask DaskTaskRunner of the Prefect flow run this runs in, or None."""
+    try:
+        from prefect.context import FlowRunContext
+    except ImportError:  # pragma: no cover - Prefect is a dependency
+        return None
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx is not None else None
+    return runner if runner is not None and type(runner).__name__ == "DaskTaskRunner" else None
+
+
+def auto_mapper() -> Mapper:
+    """`dask_map` on the flow run's Dask cluster under a DaskTaskRunner, else `local_map`.
+
+    On a Dask worker (a task the runner sent there) the worker's client is used and the
+    worker's thread is given back while the tasks run (`worker_client`); in the flow's own
+    process (a task called in the flow, as flows/pipeline.py calls `dedup`), the runner's
+    client, or a client of the runner's scheduler."""
+    runner = _dask_runner()
+    if runner is None:
+        return local_map
+
+    def mapper(fn: Callable, args: Sequence[tuple]) -> list:
+        from distributed import Client, get_worker, worker_client
+
+        try:
+            get_worker()
+            on_worker = True
+        except ValueError:
+            on_worker = False
+        if on_worker:
+            with worker_client() as client:
+                return dask_map(client)(fn, args)
+        client = getattr(runner, "_client", None)  # prefect-dask keeps its client there
+        if client is not None:
+            return dask_map(client)(fn, args)
+        with Client(runner.address, set_as_default=False) as client:
+            return dask_map(client)(fn, args)
 
     return mapper
