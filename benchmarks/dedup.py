@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import resource
 import subprocess
@@ -445,7 +446,7 @@ def main() -> None:
         return one(args)
     root = args.root or tempfile.mkdtemp(prefix="tuneline-bench-dedup-")
     for n in args.sizes:
-        shards = args.workers * -(-(-(-n // args.shard_rows)) // args.workers)  # a multiple of the workers
+        shards = args.workers * math.ceil(math.ceil(n / args.shard_rows) / args.workers)  # a multiple of the workers
         t = time.perf_counter()
         if not Path(root, f"bytes-{n}.json").exists():  # data sets are reused from an earlier run
             convs = generate(root, n, args.seed, shards, args.workers)

@@ -4,7 +4,8 @@ A record rendered through a template carries the template's wording in its turns
 instruction templates, FLAN CoT's zero/few-shot templates and exemplars, Super-NI's definition
 and positive examples, a promptsource template's Jinja text). Hashing that text judges two
 records partly on their templates: the same Dolly row under two context templates has a
-median word 5-gram Jaccard of 0.886 on the real Dolly sample. So the projection of such a
+median word 5-gram Jaccard of 0.89 on the real Dolly sample (43 pairs of its first 208 rows
+under two source names; 9% of them under 0.8). So the projection of such a
 record is made of the fields its source gave, recovered here:
 
 | source format, `template_id` | prompt side (`user`) | response side (`assistant`) |
