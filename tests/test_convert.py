@@ -162,3 +162,42 @@ def test_version_bumps_change_the_keys_of_that_step(tmp_path, store, monkeypatch
         assert (fourth[name][0]["key"], fourth[name][1]["key"]) == (third[name][0]["key"], third[name][1]["key"])
     assert not fourth["d"][0]["skipped"] and fourth["d"][0]["key"] != third["d"][0]["key"]
     assert not fourth["d"][1]["skipped"] and fourth["d"][1]["key"] != third["d"][1]["key"]
+
+
+def test_fast_record_id_and_stable_hash_are_the_schema_ones():
+    """make_record hashes plain turns through orjson: the same ids as tasks.schema.record_id for
+    every kind of character (controls, quotes, backslashes, non-BMP), turns with extras and tools;
+    a lone surrogate still raises what record_id raises."""
+    import random
+
+    from tasks.ingest.common import canonical_json, fast_record_id, make_record, stable_hash
+    from tasks.schema import record_id, turn_text
+
+    rng = random.Random(7)
+    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\u2029", "\ufeff", "\U0001F600", "中", "\\", '"', "/"]
+
+    def text():
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+    for i in range(3000):
+        msgs = [{"role": rng.choice(["user", "assistant", "system", text()]), "content": text()}
+                for _ in range(rng.randint(0, 3))]
+        if i % 5 == 0 and msgs:
+            msgs[0]["content"] = None
+        if i % 7 == 0 and msgs:
+            msgs[-1]["reasoning"] = text()
+        if i % 11 == 0 and msgs:
+            msgs[-1]["tool_calls"] = [{"id": text(), "name": text(), "arguments": text()}]
+        tools = canonical_json([{"name": text()}]) if i % 3 == 0 else None
+        args = (text(), msgs, text(), text(), tools)
+        assert fast_record_id(*args) == record_id(*args)
+        rec = make_record(source=args[0], task="t", template_id=args[2], example_id=args[3], messages=msgs,
+                          origin_file="f", origin_row=i)
+        assert rec["n_chars"] == sum(len(turn_text(m)) for m in msgs)
+        parts = (text(), i, [text(), {"k": text(), "a": None}], 1.5)
+        assert stable_hash(*parts) == __import__("hashlib").sha256(canonical_json(list(parts)).encode()).hexdigest()
+    bad = [{"role": "user", "content": "lone \ud800 surrogate"}]
+    with pytest.raises(UnicodeEncodeError):
+        record_id("s", bad)
+    with pytest.raises(UnicodeEncodeError):
+        fast_record_id("s", bad)

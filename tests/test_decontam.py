@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -294,3 +295,31 @@ def test_template_text_plus_a_word_or_two_is_not_overlap():
     # counting every word outside template n-grams, template text plus two item words overlaps
     assert {r["row_idx"] for r in _heldout_matcher(items, min_item_words=1).match(_turns(training)).to_pylist()} \
         == {1, 2}
+
+
+def test_normalisation_in_two_replacements_is_the_one_regex():
+    """`_normalised` replaces non-space separators, then runs of spaces: the same text as one
+    replacement of every run of non-letters and non-digits."""
+    import random
+
+    import polars as pl
+
+    rng = random.Random(11)
+    alphabet = list("ab Z9 \t\n,.-'\"!") + ["\u00a0", "\u3000", "é", "ß", "中", "٣", "🙂", "\u200b", "  ", " - "]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(5000)]
+    frame = pl.DataFrame({"text": texts})
+    one = frame.select(pl.col("text").str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars())
+    assert frame.select(decontam._normalised(pl.col("text"))).equals(one)
+
+
+def test_hash_filter_holds_every_hash_and_few_others():
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, 50_000, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    f = decontam.HashFilter(hashes)
+    assert f.may_hold(hashes).all()
+    others = rng.integers(0, 2**63, 200_000, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    assert f.may_hold(others).mean() < 0.2
+    words = rng.integers(0, 2**63, 1000, dtype=np.int64).astype(np.uint64)
+    prefix = decontam._window_prefix(words)
+    for n in (1, 3, 13):
+        assert decontam._window_hashes(words, n, prefix).tolist() == decontam._window_hashes(words, n).tolist()

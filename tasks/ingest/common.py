@@ -19,6 +19,7 @@ Invalid UTF-8 rejects the one line (reason `invalid_utf8`) instead of failing th
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -40,7 +41,9 @@ try:  # orjson is a Prefect dependency; json is the fallback
         return orjson.dumps(obj).decode("utf-8")
 
     JSONDecodeError = orjson.JSONDecodeError
+    _dumps_bytes = orjson.dumps
 except ImportError:  # pragma: no cover - depends on the environment
+    _dumps_bytes = None
     import json
 
     def loads(data: bytes | str):
@@ -67,7 +70,11 @@ def canonical_json(obj) -> str:
 
 def stable_hash(*parts) -> str:
     """Hex sha256 of the canonical JSON of `parts` (ids, seeds)."""
-    return hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).hexdigest()
+    try:  # canonical_json's bytes without the round trip through str
+        payload = orjson.dumps(list(parts), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+    except (NameError, TypeError):
+        payload = canonical_json(list(parts)).encode("utf-8")
+    return hashlib.sha256(payload).hexdigest()
 
 
 def stable_int(*parts) -> int:
@@ -84,6 +91,7 @@ def base_suffix(path: str) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+@functools.lru_cache(maxsize=4096)  # readers ask once per row
 def data_stem(path: str) -> str:
     """The file name without its data and compression suffixes: `cot_gsm8k_train.tsv.gz` -> `cot_gsm8k_train`."""
     name = Path(path).name
@@ -373,6 +381,8 @@ def split_options(text: str) -> tuple[str, list[str]]:
     Returns (text without the block, options); options is empty when there is no block.
     The last `Options:` header wins; its options are the `- ` lines right after it.
     """
+    if "opt" not in text.lower():  # a header holds "options" in some case, and o, p, t have no other case forms
+        return text, []
     heads = list(_OPTIONS_HEAD.finditer(text))
     if not heads:
         return text, []
@@ -483,7 +493,7 @@ def make_record(
 
     tools_json = canonical_json(tools) if tools else None
     return {
-        "record_id": record_id(source, messages, template_id, example_id, tools_json),
+        "record_id": fast_record_id(source, messages, template_id, example_id, tools_json),
         "source": source,
         "task": task,
         "template_id": template_id,
@@ -493,11 +503,36 @@ def make_record(
         "origin_file": origin_file,
         "origin_row": origin_row,
         "n_turns": len(messages),
-        "n_chars": sum(len(turn_text(m)) for m in messages),
+        "n_chars": sum(len(m["content"] or "") if m.keys() == _PLAIN_TURN else len(turn_text(m)) for m in messages),
         "lang": lang,
         "meta": canonical_json(meta or {}),
         "tools": tools_json,
     }
+
+
+#: The keys of a turn without MESSAGE extras: its turn_text is its content.
+_PLAIN_TURN = frozenset(("role", "content"))
+
+
+def fast_record_id(source: str, messages: list[dict], template_id: str = "", example_id: str = "",
+                   tools: str | None = None) -> str:
+    """`tasks.schema.record_id`, the same id: for records of plain turns (role and content
+    strings, no extras) the JSON it hashes is written by orjson, which gives the same bytes as
+    its `json.dumps(..., ensure_ascii=False, separators=(",", ":"))` for lists of strings
+    (tests/test_convert.py checks), about 5x faster; anything else goes to `record_id`."""
+    turns = []
+    for m in messages:
+        if m.keys() != _PLAIN_TURN or type(m["role"]) is not str or not (type(m["content"]) is str or m["content"] is None):
+            return record_id(source, messages, template_id, example_id, tools)
+        turns.append([m["role"], m["content"]])
+    parts = [source, template_id, example_id, turns] if tools is None else [source, template_id, example_id, turns, tools]
+    if _dumps_bytes is None or not all(type(p) is str for p in parts if p is not turns):
+        return record_id(source, messages, template_id, example_id, tools)
+    try:
+        payload = _dumps_bytes(parts)
+    except TypeError:  # orjson refuses a lone surrogate: record_id raises what it always raised
+        return record_id(source, messages, template_id, example_id, tools)
+    return hashlib.sha256(payload).hexdigest()[:24]
 
 
 def convert_reject(source: str, origin_file: str, origin_row: int, reason: str, detail: str, raw) -> dict:

@@ -105,11 +105,11 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
     progress = Progress("validate", total=table_rows(split_manifest, "records_train"))
     for batch in store.iter_batches(split_manifest, "records_train", batch_size=cfg.batch_rows):
         df = pl.from_arrow(pa.Table.from_batches([batch]))
-        # Language ID runs on the worker pool while this process matches every row's user
-        # turns against the evaluation prompts; matches on rejected rows are dropped below.
+        # Language ID runs on the worker pool and decontamination on a thread while this process
+        # computes the row features; matches on rejected rows are dropped below.
         user = first_user_turns(df)
         lang = languages_later(user, cfg.lang_min_chars, cfg.lang_max_chars) if cfg.lang_max_chars else None
-        matches = matcher.match(decontam.user_turns(df))
+        matches = matcher.match_later(decontam.user_turns(df))
         feats = row_features(df, cfg, user, lang() if lang else None, tokenizer)
         masks = {e.name: unexpected_mask(e, feats, params) for e in row_exps}
         if ge_rows_left is None or ge_rows_left > 0:
@@ -123,7 +123,7 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
                 ge_rows_left -= batch.num_rows
         breakdown.add_rows(df)
         kept, keep = _reject_rows(writer, df, feats, row_exps, masks, outcomes, breakdown)
-        clean = _remove_contaminated(writer, kept, _on_kept(matches, keep), per_bench, breakdown)
+        clean = _remove_contaminated(writer, kept, _on_kept(matches(), keep), per_bench, breakdown)
         if clean.height:
             writer.write("records_valid", RECORDS, clean.to_arrow())
         _count(per_source, df, kept, clean)
