@@ -5,8 +5,13 @@ cache is off: skipping finished work is the artifact store's job (content keys).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import Executor
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
 from flows import report
 from flows.logs import hide_in_workers
@@ -65,7 +70,26 @@ def tokenizer_task(root: str, recipe: Recipe, validate_manifest: dict) -> dict:
 
 @task(name="mix", task_run_name="mix stages", **_opts)
 def mix_task(root: str, recipe: Recipe, validate_manifest: dict, split_manifest: dict, tokenizer_manifest: dict) -> dict:
-    return mix(root, recipe, validate_manifest, split_manifest, tokenizer_manifest)
+    with dask_executor() as executor:  # token counting on the flow's Dask cluster when it runs on one
+        return mix(root, recipe, validate_manifest, split_manifest, tokenizer_manifest, executor=executor)
+
+
+@contextlib.contextmanager
+def dask_executor() -> Iterator[Executor | None]:
+    """A `concurrent.futures` executor on the Dask cluster of this flow run when its task runner
+    is prefect-dask's DaskTaskRunner (flows.pipeline.shard_runner, TUNELINE_DASK_ADDRESS), else None."""
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    if type(runner).__name__ != "DaskTaskRunner":
+        yield None
+        return
+    client = getattr(runner, "_client", None)  # prefect-dask's client of the flow run
+    if client is not None:
+        yield client.get_executor(pure=False)
+        return
+    from distributed import Client
+
+    with Client(runner.address, set_as_default=False) as client:
+        yield client.get_executor(pure=False)
 
 
 # Training and evaluation import torch and transformers (about 2 s) inside their tasks only,

@@ -1,4 +1,5 @@
-"""Scale-out: the data refresh on a two-worker Dask cluster gives the same artifacts as the default runner.
+"""Scale-out: the data refresh on a two-worker Dask cluster gives the same artifacts as the default runner
+(the shard steps as Dask tasks, and mix's token counting on the cluster's workers).
 
 `flows.pipeline.shard_runner()` picks prefect-dask's DaskTaskRunner when
 TUNELINE_DASK_ADDRESS names a scheduler. Each run is a fresh Python process (as a
@@ -81,3 +82,8 @@ def test_dask_cluster_gives_the_same_artifacts_as_the_default_runner(prefect_api
         assert len({rel for rel, *_ in default_art[step]}) > 1  # several shards, so several Dask tasks
     latest = json.loads((tmp_path / "dask" / "latest.json").read_text())
     assert latest == json.loads((tmp_path / "default" / "latest.json").read_text())
+    # mix counted its tokens on the cluster (flows.tasks.dask_executor), with the same mixture
+    (on_dask,) = ArtifactStore(tmp_path / "dask").latest_manifests("mix")
+    (local,) = ArtifactStore(tmp_path / "default").latest_manifests("mix")
+    assert "ClientExecutor" in on_dask["stats"]["token_counting"], on_dask["stats"]["token_counting"]
+    assert "ClientExecutor" not in local["stats"]["token_counting"]
