@@ -22,9 +22,11 @@ LOCAL_IMPORTS = {
     ("flows.tasks", "tasks.train_sft.launch"): "torch",
     ("flows.tasks", "tasks.evaluate"): "torch",
     ("flows.pipeline", "tasks.evaluate"): "torch",
-    ("flows.report", "tasks.evaluate.report"): "torch-free, but only after an evaluate step",
+    # tasks.evaluate's package imports the evaluate step (torch): reports import it only when a run evaluated
+    ("flows.report", "tasks.evaluate.report"): "torch",
+    ("tasks.html_report", "tasks.evaluate.report"): "torch",
     # the compiled dedup kernels: built on first use or at install, not at import
-    **{("tasks.dedup.aot", m): "compiled kernels" for m in ("tasks.dedup.kernels", "tasks.step", "tasks.log")},
+    **{("tasks.dedup.aot", m): "compiled kernels" for m in ("tasks.dedup.kernels", "tasks.step")},
 }
 
 

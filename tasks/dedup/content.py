@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.errors import TunelineError
+from tasks.ingest.common import loads
 from tasks.render import COT_TEMPLATES, DOLLY_NO_CONTEXT, DOLLY_TEMPLATES
 
 #: Fields split at the last occurrence of the text after them (long fields); others at the first.
@@ -222,8 +223,6 @@ class RawRows:
         self._last = -1
 
     def get(self, origin_rows: list[int]) -> list[dict]:
-        from tasks.ingest.common import loads
-
         want = max(origin_rows)
         low = min(origin_rows)
         for r in [r for r in self._rows if r < low]:
