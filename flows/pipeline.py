@@ -11,7 +11,7 @@ import time
 from datetime import timezone
 from pathlib import Path
 
-from prefect import flow, tags
+from prefect import flow
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.steps import DATA_STEPS, STEPS
@@ -55,15 +55,36 @@ def recipe_name(recipe_path: str) -> str:
     return path.parent.name if path.stem == "recipe" and path.parent.name else path.stem
 
 
-def as_parsed(recipe: Recipe | str) -> Recipe:
-    """The flows' one conversion: a recipe file path (a deployment's parameter, a direct call)
-    is read and checked here, once per run; a `Recipe` (from the pipeline flow) is used as is."""
-    return recipe if isinstance(recipe, Recipe) else load_recipe(Path(recipe).resolve())
+def as_parsed(recipe_path: str | None, recipe: Recipe | None = None) -> Recipe:
+    """The flows' one parse. The pipeline flow reads the file (`recipe_path`) and passes the
+    `Recipe` it got to its subflows (`recipe`), which use it as is; a subflow run on its own (a
+    deployment, a direct call) has only the path and reads it here. Either way the run's flow
+    run is tagged with the recipe's content hash."""
+    if recipe is None:
+        if recipe_path is None:
+            raise TunelineError("a flow needs recipe_path (a recipe file) or recipe (a parsed Recipe)")
+        recipe = load_recipe(Path(recipe_path).resolve())
+    tag_flow_run(recipe_tag(recipe))
+    return recipe
 
 
 def recipe_tag(recipe: Recipe) -> str:
     """The flow runs' tag naming the recipe's content: `recipe:<first 12 hex of its hash>`."""
     return "recipe:" + content_hash(recipe.model_dump(by_alias=True, exclude={"file"}))[:12]
+
+
+def tag_flow_run(tag: str) -> None:
+    """Add a tag to the current flow run only. (`with prefect.tags(...)` would tag every task
+    run too, and Prefect asks the server for concurrency slots of tagged tasks at each start.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None:
+        return
+    run = context.flow_run
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run.id, tags=sorted({*run.tags, tag}))
 
 
 def run_name(flow: str):
@@ -73,9 +94,7 @@ def run_name(flow: str):
 
         params = flow_run.parameters
         run_id = params.get("run_id") or (params.get("prepared") or {}).get("run_id") or flow_run_run_id()
-        recipe = params.get("recipe_path") or params.get("recipe")
-        file = recipe if isinstance(recipe, str) else getattr(recipe, "file", None) or recipe["file"]
-        return f"{flow} {recipe_name(file)} {run_id}"
+        return f"{flow} {recipe_name(params['recipe_path'])} {run_id}"
 
     return name
 
@@ -138,10 +157,11 @@ def _shard_label(source: str, file: str, index: int) -> str:
 
 @flow(name="tuneline-prepare", flow_run_name=run_name("prepare"), task_runner=shard_runner(),
       log_prints=True)
-def prepare(recipe: Recipe | str, out: str = "artifacts", until: str | None = None, run_id: str | None = None) -> dict:
-    """Data steps, ingest through mix. Returns the manifests the train/evaluate flows need."""
-    recipe = as_parsed(recipe)
-    recipe_path = recipe.file
+def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, run_id: str | None = None,
+            recipe: Recipe | None = None) -> dict:
+    """Data steps, ingest through mix. Returns the manifests the train/evaluate flows need.
+    `recipe`: the parsed recipe, when the pipeline flow calls it (see `as_parsed`)."""
+    recipe = as_parsed(recipe_path, recipe)
     root = str(Path(out).resolve())
     run_id = run_id or flow_run_run_id()
     result: dict = {"run_id": run_id, "root": root}
@@ -151,6 +171,9 @@ def prepare(recipe: Recipe | str, out: str = "artifacts", until: str | None = No
     labels = [_shard_label(src, f, i) for i, (src, f) in enumerate(shards)]
     ingest = [submit(ingest_task, root, recipe, src, f, label) for (src, f), label in zip(shards, labels)]
     converted = [submit(convert_task, root, recipe, fut, label) for fut, label in zip(ingest, labels)]
+    # submitted now, so that publishing convert overlaps them
+    sigs = ([] if _done(until, "convert") else
+            [submit(signatures_task, root, recipe, fut, label) for fut, label in zip(converted, labels)])
     _raise_first_failure(ingest)
     publish_task(root, run_id, recipe_path, "ingest", ingest)
     if _done(until, "ingest"):
@@ -160,7 +183,6 @@ def prepare(recipe: Recipe | str, out: str = "artifacts", until: str | None = No
     if _done(until, "convert"):
         return result
 
-    sigs = [submit(signatures_task, root, recipe, fut, label) for fut, label in zip(converted, labels)]
     _raise_first_failure(sigs)
     publish_task(root, run_id, recipe_path, "dedup-signatures", sigs)
     dedup_m = dedup_task(root, recipe, converted, sigs)
@@ -189,10 +211,9 @@ def prepare(recipe: Recipe | str, out: str = "artifacts", until: str | None = No
 
 
 @flow(name="tuneline-train", flow_run_name=run_name("train"), log_prints=True)
-def train(recipe: Recipe | str, prepared: dict) -> dict:
+def train(recipe_path: str, prepared: dict, recipe: Recipe | None = None) -> dict:
     """One training run per mixture stage, in order; stage k starts from stage k-1."""
-    recipe = as_parsed(recipe)
-    recipe_path = recipe.file
+    recipe = as_parsed(recipe_path, recipe)
     root, run_id = prepared["root"], prepared["run_id"]
     models: dict[str, dict] = {}
     previous = None
@@ -204,14 +225,14 @@ def train(recipe: Recipe | str, prepared: dict) -> dict:
 
 
 @flow(name="tuneline-evaluate", flow_run_name=run_name("evaluate"), log_prints=True)
-def evaluate(recipe: Recipe | str, prepared: dict, models: dict, run_id: str | None = None) -> list[dict]:
+def evaluate(recipe_path: str, prepared: dict, models: dict, run_id: str | None = None,
+             recipe: Recipe | None = None) -> list[dict]:
     """Evaluate the base model and every trained stage on the same held-out data.
 
     `prepared` holds the split, mix and tokenizer manifests; `models` the train manifest
     of each stage. The comparison table becomes a Prefect artifact and
     `<out>/eval_comparison.md` (flows/report.py)."""
-    recipe = as_parsed(recipe)
-    recipe_path = recipe.file
+    recipe = as_parsed(recipe_path, recipe)
     root, run_id = prepared["root"], run_id or prepared["run_id"]
     args = (prepared["split"], prepared["mix"], prepared["tokenizer"])
     results = [evaluate_task(root, recipe, "base", None, *args)]
@@ -228,17 +249,17 @@ def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None,
     if until is not None and until not in STEPS:
         raise TunelineError(f"until must be one of {', '.join(STEPS)}, not {until!r}")
     run_id = run_id or flow_run_run_id()
+    recipe_path = str(Path(recipe_path).resolve())
     recipe = as_parsed(recipe_path)  # the run's one parse; the subflows and tasks get this Recipe
     # The shard runner is chosen per run, so TUNELINE_DASK_ADDRESS set after import still counts.
     runner = shard_runner(input_bytes(recipe))
-    with tags(recipe_tag(recipe)):
-        prepared = prepare.with_options(task_runner=runner)(recipe, out, until, run_id)
-        done = {"run_id": run_id, "root": prepared["root"]}
-        if until not in DATA_STEPS and recipe.stages:
-            models = train(recipe, prepared)
-            if until != "train" and recipe.evaluate.enabled:
-                done["evaluate"] = [m["dir"] for m in evaluate(recipe, prepared, models)]
-    done["report"] = report_task(done["root"], run_id, recipe.file)
+    prepared = prepare.with_options(task_runner=runner)(recipe_path, out, until, run_id, recipe=recipe)
+    done = {"run_id": run_id, "root": prepared["root"]}
+    if until not in DATA_STEPS and recipe.stages:
+        models = train(recipe_path, prepared, recipe=recipe)
+        if until != "train" and recipe.evaluate.enabled:
+            done["evaluate"] = [m["dir"] for m in evaluate(recipe_path, prepared, models, recipe=recipe)]
+    done["report"] = report_task(done["root"], run_id, recipe_path)
     return done
 
 
@@ -246,9 +267,9 @@ def evaluate_finished(recipe_path: str, out: str = "artifacts") -> dict:
     """`tuneline evaluate`: the evaluate flow over the latest published run under `out`."""
     from tasks.evaluate import finished_run_inputs
 
-    recipe = as_parsed(recipe_path)
+    recipe_path = str(Path(recipe_path).resolve())
+    recipe = load_recipe(recipe_path)
     prepared, models = finished_run_inputs(recipe, out)
     run_id = new_run_id()
-    with tags(recipe_tag(recipe)):
-        results = evaluate(recipe, prepared, models, run_id=run_id)
+    results = evaluate(recipe_path, prepared, models, run_id=run_id, recipe=recipe)
     return {"run_id": run_id, "root": prepared["root"], "evaluate": [m["dir"] for m in results]}

@@ -148,7 +148,7 @@ def split(root: str, recipe: dict, dedup_manifest: dict) -> dict:
         writer.table("records_train", RECORDS)
         writer.table("records_eval", RECORDS)
         writer.write("rejects", REJECTS, [])
-        progress = Progress("split")
+        progress = Progress("split", total=dedup_manifest["stats"]["rows_out"])
         for batch in survivors(store, dedup_manifest):
             keys, hashes = group_hashes(cfg.seed, batch)
             if cutoffs is None:

@@ -26,11 +26,19 @@ import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from tasks.config import DedupConfig, Recipe
+from tasks.config import DedupConfig, Recipe, as_recipe
 from tasks.dedup import aot
 from tasks.dedup.mapper import Mapper, auto_mapper, local_map
-from tasks.dedup.partitions import (BANDS_TABLE, EXACT_TABLE, band_task, candidate_pairs, exact_task, split_codes,
-                                    task_inputs, task_ranges)
+from tasks.dedup.partitions import (
+    BANDS_TABLE,
+    EXACT_TABLE,
+    band_task,
+    candidate_pairs,
+    exact_task,
+    split_codes,
+    task_inputs,
+    task_ranges,
+)
 from tasks.dedup.signatures import TABLE as SIG_TABLE
 from tasks.dedup.signatures import fetch, lsh_params
 from tasks.errors import TunelineError
@@ -557,7 +565,7 @@ def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_mani
     step's tasks (`tasks.dedup.mapper`; default `auto_mapper()`: on the Dask cluster of a flow
     run under prefect-dask's DaskTaskRunner, else here, one after another): the artifacts are
     the same wherever they run."""
-    rec = Recipe.model_validate(recipe)
+    rec = as_recipe(recipe)
     cfg = rec.dedup
     store = ArtifactStore(root)
     shards = _pair_shards(convert_manifests, signature_manifests)

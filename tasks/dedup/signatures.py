@@ -23,10 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.config import DedupConfig, Recipe
+from tasks.config import DedupConfig, as_recipe
 from tasks.dedup import minhash as mh
 from tasks.dedup.content import Content
 from tasks.dedup.partitions import PartitionWriter, source_salt
+from tasks.progress import table_rows
 from tasks.schema import RAW_PREFIX_CHARS, text_messages
 from tasks.step import Progress, input_ref, run_step
 from tasks.store import ArtifactStore
@@ -148,7 +149,7 @@ def fetch(root: str, recipe, convert_manifest: dict, rows: np.ndarray) -> dict:
     """What `dedup` needs of some records of a convert shard (`rows`, sorted): their shingle
     hashes (`hashes`, `counts` per record, as `dedup-signatures` made them), the text prefix a
     reject shows (`raw_prefix`), and their origin. Reads only the row groups holding them."""
-    rc = Recipe.model_validate(recipe)
+    rc = as_recipe(recipe)
     cfg = rc.dedup
     store = ArtifactStore(root)
     rows = np.asarray(rows, np.int64)
@@ -189,7 +190,7 @@ def _take_batches(store: ArtifactStore, manifest: dict, table: str, rows: np.nda
 
 def signatures(root: str, recipe: dict, convert_manifest: dict) -> dict:
     """Step `dedup-signatures` over one convert shard; returns its manifest."""
-    rc = Recipe.model_validate(recipe)
+    rc = as_recipe(recipe)
     cfg = rc.dedup
     store = ArtifactStore(root)
     bands, rows = lsh_params(cfg)
@@ -197,7 +198,7 @@ def signatures(root: str, recipe: dict, convert_manifest: dict) -> dict:
 
     def body(writer):
         n = 0
-        progress = Progress(f"{STEP} {label}")
+        progress = Progress(f"{STEP} {label}", total=table_rows(convert_manifest, "records"))
         schema = signature_schema(cfg.num_perm, bands)
         out = writer.table(TABLE, schema, hash_columns=HASH_COLUMNS)
         content = Content(rc, store, convert_manifest)

@@ -151,7 +151,7 @@ def stage_config(root: str, recipe: dict, stage: str, tokenizer_dir: Path, init_
                  work: Path) -> dict:
     return {
         "stage": stage,
-        "recipe": recipe,
+        "recipe": as_recipe(recipe).model_dump(by_alias=True),  # plain data for the training process
         "root": str(Path(root).resolve()),
         "tokenizer_dir": str(tokenizer_dir),
         "rows_path": str(work / "rows.parquet"),
