@@ -68,12 +68,16 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, user: list[str | None], 
         turns = turns.with_columns(pl.lit(None, dtype=pl.Int64).alias("tokens"))
     banned = _banned_regex(cfg.banned_phrases)
     is_ua = pl.col("role").is_in(["user", "assistant"])
+    # The regexes run on the turns they can match only: a leftover holds "{" or "|||" (removing
+    # code spans adds neither), banned phrases are looked for in assistant turns.
+    content = pl.col("content")
     agg = turns.with_columns(
         pl.col("role").replace_strict(_ROLE_CODE, default="x").alias("code"),
         pl.col("text").str.len_chars().alias("chars"),
-        pl.col("content").str.replace_all(_CODE, " ").str.extract(_LEFTOVER, 0).str.strip_chars().alias("leftover"),
+        _on_some(turns, content.str.contains("{", literal=True) | content.str.contains("|||", literal=True),
+                 content.str.replace_all(_CODE, " ").str.extract(_LEFTOVER, 0).str.strip_chars()).alias("leftover"),
         (
-            pl.when(pl.col("role") == "assistant").then(pl.col("content").str.to_lowercase().str.extract(banned, 1))
+            _on_some(turns, pl.col("role") == "assistant", content.str.to_lowercase().str.extract(banned, 1))
             if banned else pl.lit(None, dtype=pl.String)
         ).alias("banned"),
     ).group_by("i").agg(
@@ -102,6 +106,13 @@ def row_features(df: pl.DataFrame, cfg: ValidateConfig, user: list[str | None], 
         *tool_checks(df),
     )
     return out.select(list(ROW_COLUMNS) + ["_user"])
+
+
+def _on_some(frame: pl.DataFrame, where: pl.Expr, value: pl.Expr) -> pl.Series:
+    """`value` of the rows `where` holds, null elsewhere: the expression evaluated on those rows only."""
+    at = frame.select(where.fill_null(False).arg_true())
+    some = frame[at.to_series()].select(value).to_series()
+    return pl.Series(some.name, [None] * frame.height, dtype=pl.String).scatter(at.to_series(), some)
 
 
 TOOL_CHECKS = ("bad_tool_arguments", "unoffered_tool", "orphan_tool_result", "unanswered_call")

@@ -106,11 +106,13 @@ def _body(writer, store: ArtifactStore, recipe: Recipe, suite: Suite, split_mani
     for batch in store.iter_batches(split_manifest, "records_train", batch_size=cfg.batch_rows):
         df = pl.from_arrow(pa.Table.from_batches([batch]))
         # Language ID runs on the worker pool and decontamination on a thread while this process
-        # computes the row features; matches on rejected rows are dropped below.
+        # computes the row features (`lang` joins them after); matches on rejected rows are dropped below.
         user = first_user_turns(df)
         lang = languages_later(user, cfg.lang_min_chars, cfg.lang_max_chars) if cfg.lang_max_chars else None
         matches = matcher.match_later(decontam.user_turns(df))
-        feats = row_features(df, cfg, user, lang() if lang else None, tokenizer)
+        feats = row_features(df, cfg, user, None, tokenizer)
+        if lang:
+            feats = feats.with_columns(pl.Series("lang", lang(), dtype=pl.String))
         masks = {e.name: unexpected_mask(e, feats, params) for e in row_exps}
         if ge_rows_left is None or ge_rows_left > 0:
             result = ge.validate("row", feats.drop("_user").to_pandas())
