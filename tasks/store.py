@@ -70,6 +70,21 @@ def _fault(point: str) -> None:
         hook(point)
 
 
+def take_rows(paths: list, rows: np.ndarray, columns: list[str] | None = None) -> tuple[list[pa.Table], int]:
+    """The rows `rows` (sorted row numbers over the Parquet files `paths`, in order), reading only
+    the row groups that hold them: (one table per row group read, total rows of the files)."""
+    out, base = [], 0
+    for path in paths:
+        f = pq.ParquetFile(path)
+        for g in range(f.metadata.num_row_groups):
+            n = f.metadata.row_group(g).num_rows
+            lo, hi = np.searchsorted(rows, [base, base + n])
+            if hi > lo:
+                out.append(f.read_row_group(g, columns=columns).take(pa.array(rows[lo:hi] - base)))
+            base += n
+    return out, base
+
+
 def upstream_refs(obj) -> list[dict]:
     """Every {step, key} reference nested in a manifest's `inputs`, in order."""
     if isinstance(obj, dict):
@@ -382,15 +397,7 @@ class ArtifactStore:
         paths = self.paths(manifest, table)
         if not paths:
             raise TunelineError(f"{manifest['dir']} has no table {table}")
-        out, base = [], 0
-        for path in paths:
-            f = pq.ParquetFile(path)
-            for g in range(f.metadata.num_row_groups):
-                n = f.metadata.row_group(g).num_rows
-                lo, hi = np.searchsorted(rows, [base, base + n])
-                if hi > lo:
-                    out.append(f.read_row_group(g, columns=columns).take(pa.array(rows[lo:hi] - base)))
-                base += n
+        out, base = take_rows(paths, rows, columns)
         if len(rows) and (rows[0] < 0 or rows[-1] >= base):
             raise TunelineError(f"{manifest['dir']}/{table} has {base} rows; asked for rows {rows[0]}..{rows[-1]}")
         if not out:

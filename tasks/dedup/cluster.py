@@ -44,7 +44,7 @@ from tasks.dedup.signatures import fetch, lsh_params
 from tasks.errors import TunelineError
 from tasks.schema import REJECTS
 from tasks.step import input_ref, logger, run_step
-from tasks.store import ArtifactStore
+from tasks.store import ArtifactStore, take_rows
 
 STEP = "dedup"
 VERSION = 4  # 4: out of core (partitioned keys, tasks); 3: template variants are of one source; 2: kept rows are not copied (dedup_removed + survivors())
@@ -102,16 +102,7 @@ def _by_shard(idx: np.ndarray, offsets: np.ndarray) -> list[tuple[int, int, np.n
 
 def meta_task(paths: list[str], rows: np.ndarray) -> pa.Table:
     """`META_COLUMNS` of rows `rows` (sorted) of a shard's `dedup_signatures` (its part files)."""
-    out, base = [], 0
-    for path in paths:
-        f = pq.ParquetFile(path)
-        for g in range(f.metadata.num_row_groups):
-            n = f.metadata.row_group(g).num_rows
-            lo, hi = np.searchsorted(rows, [base, base + n])
-            if hi > lo:
-                out.append(f.read_row_group(g, columns=META_COLUMNS).take(pa.array(rows[lo:hi] - base)))
-            base += n
-    return pa.concat_tables(out)
+    return pa.concat_tables(take_rows(paths, rows, META_COLUMNS)[0])
 
 
 def _key_task(fn, inputs):
