@@ -65,8 +65,9 @@ def mixture_shares(report: list[dict]) -> bytes | None:
 
 
 def evaluation(table: list[dict]) -> bytes | None:
-    """Each model's value and 95% Wilson interval for the bounded metrics over all sources
-    (rows of `tasks.evaluate.report.comparison_table`), one panel per suite and metric."""
+    """Each model's value and 95% interval (Wilson for bounded metrics, standard errors for loss
+    and perplexity) over all sources, for the metrics with one (rows of
+    `tasks.evaluate.report.comparison_table`), one panel per suite and metric."""
     rows = [r for r in table if r["source"] == "all" and any(r[k]["low"] is not None
                                                              for k in r if k.startswith("_"))]
     if not rows:
@@ -82,8 +83,10 @@ def evaluation(table: list[dict]) -> bytes | None:
         ax.bar(range(len(models)), values, yerr=[below, above], capsize=4,
                color=["#999"] + ["C0"] * (len(models) - 1))
         ax.set_xticks(range(len(models)), [m.split(":", 1)[1] for m in models])
-        ax.set(title=f"{r['suite']} {r['metric']}\n(n={r['n']})", ylim=(0, 1))
-    fig.suptitle("Evaluation per model (95% Wilson score interval)")
+        ax.set(title=f"{r['suite']} {r['metric']}\n(n={r['n']})")
+        if cells[0]["bounded"]:
+            ax.set_ylim(0, 1)
+    fig.suptitle("Evaluation per model (95% interval)")
     return _png(fig)
 
 

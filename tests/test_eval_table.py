@@ -1,10 +1,15 @@
-"""The evaluation table people read: rounded values, n, 95% Wilson intervals, noise marked."""
+"""The evaluation table people read: rounded values, n, 95% intervals (Wilson; standard errors
+for loss and perplexity), noise marked."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from tasks.evaluate import EVAL
 from tasks.evaluate.report import comparison_table, difference_interval, table_markdown, wilson
+from tasks.evaluate.suites import loss_stderr
 from tasks.step import run_step
 
 STAGES = [(0, "base"), (1, "nlp"), (2, "chat")]
@@ -14,6 +19,8 @@ CELLS = {
     "exact_match": ([0.0, 0.0, 0.0], 40),
     "mc_accuracy": ([0.0, 0.1, 0.125], 40),  # 0, 4 and 5 of 40
     "loss": ([2.3456789, 2.1, 1.9], 5000),
+    "perplexity": ([math.exp(2.3456789), math.exp(2.1), math.exp(1.9)], 5000),
+    "loss_stderr": ([0.05, 0.2, 0.05], 120),  # over 120 records
 }
 
 
@@ -64,10 +71,32 @@ def test_table_rounds_counts_intervals_and_marks_noise(store):
     assert mc["0:base"] == "0.0000 [0.0000, 0.0876]" and mc["n"] == 40
     assert mc["1:nlp Δ"] == "+0.1000 (noise)" and mc["2:chat Δ"] == "+0.1250"
     assert by["exact_match"]["0:base"] == "0.0000 [0.0000, 0.0876]" and by["exact_match"]["1:nlp Δ"] == "+0.0000 (noise)"
-    assert by["loss"]["0:base"] == "2.3457" and by["loss"]["2:chat Δ"] == "-0.4457"  # no interval, no mark
+    # loss: ± 1.96 standard errors; Δ is noise when it is within 1.96 of the two errors combined
+    assert by["loss"]["0:base"] == "2.3457 [2.2477, 2.4437]" and by["loss"]["n"] == 5000
+    assert by["loss"]["1:nlp Δ"] == "-0.2457 (noise)"  # 1.96 * hypot(0.05, 0.2) = 0.404
+    assert by["loss"]["2:chat Δ"] == "-0.4457"  # 1.96 * hypot(0.05, 0.05) = 0.139
+    low, high = (float(x) for x in by["perplexity"]["0:base"].split("[")[1].rstrip("]").split(","))
+    assert (low, high) == pytest.approx((math.exp(2.3456789 - 0.098), math.exp(2.3456789 + 0.098)), abs=1e-4)
+    assert by["perplexity"]["1:nlp Δ"].endswith("(noise)") and not by["perplexity"]["2:chat Δ"].endswith("(noise)")
+    assert "loss_stderr" not in by  # read into loss and perplexity, not a row of its own
     assert table[-1]["metric"] == "exact_match"  # all-zero rows last
     md = table_markdown(table)
-    assert "### Evaluation: base vs stages (value [95% Wilson score interval])" in md
+    assert "### Evaluation: base vs stages (value [95% interval])" in md
     assert "| suite | metric | source | n | 0:base | 1:nlp | 1:nlp Δ | 2:chat | 2:chat Δ |" in md
     assert "| heldout | accuracy | all | 100 | 0.5000 [0.4038, 0.5962] |" in md
     assert "(noise): the 95% interval of the difference" in md
+
+
+def test_loss_stderr_is_the_standard_error_over_records():
+    rng = np.random.default_rng(0)
+    nll = rng.gamma(2.0, 30.0, size=50)
+    # equal token counts: the standard error of the mean of the per-record losses
+    same = np.full(50, 40.0)
+    assert loss_stderr(nll, same) == pytest.approx(np.std(nll / 40.0, ddof=1) / math.sqrt(50))
+    # records of different lengths: the ratio estimator's error, which a bootstrap over records agrees with
+    tokens = rng.integers(5, 200, size=50).astype(float)
+    nll = tokens * rng.normal(2.0, 0.3, size=50)
+    boot = [(nll[i].sum() / tokens[i].sum()) for i in rng.integers(0, 50, size=(4000, 50))]
+    assert loss_stderr(nll, tokens) == pytest.approx(np.std(boot), rel=0.1)
+    # the same per-token loss in every record: no spread
+    assert loss_stderr(tokens * 2.0, tokens) == pytest.approx(0.0, abs=1e-12)

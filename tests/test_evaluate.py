@@ -5,6 +5,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,7 +16,15 @@ from tasks.errors import TunelineError
 from tasks.evaluate import EVAL, comparison_markdown, comparison_rows, evaluate
 from tasks.evaluate.mmlu import MmluItem
 from tasks.evaluate.scoring import greedy_generate, only_last_span, score_groups, score_sequences
-from tasks.evaluate.suites import ChoiceItem, Scorer, heldout_loss, mmlu_suite, rank_classify, reply_content
+from tasks.evaluate.suites import (
+    ChoiceItem,
+    Scorer,
+    heldout_loss,
+    loss_stderr,
+    mmlu_suite,
+    rank_classify,
+    reply_content,
+)
 from tasks.mix import MIXTURE
 from tasks.model import build_tiny
 from tasks.schema import RECORDS, record_id
@@ -175,11 +184,12 @@ def test_heldout_loss_counts_assistant_tokens_only(trained, tokenizer):
     trained_tokens = sum(e.trained_tokens for e in encs)
     assert trained_tokens < sum(len(e.input_ids) for e in encs)  # prompts are not counted
     # transformers' own loss with the same labels: mean over labelled tokens (shifted).
-    nll = 0.0
+    per_record = []
     with torch.no_grad():
         for e in encs:
             out = trained(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]))
-            nll += out.loss.item() * e.trained_tokens
+            per_record.append(out.loss.item() * e.trained_tokens)
+    nll = sum(per_record)
     overall = {(r["source"], r["task"], r["metric"]): r for r in res.rows}
     loss = overall[(None, None, "loss")]
     # labels[0] is never a target after the shift: the template starts with a user turn, so nothing is lost
@@ -187,6 +197,10 @@ def test_heldout_loss_counts_assistant_tokens_only(trained, tokenizer):
     assert loss["value"] == pytest.approx(nll / trained_tokens, rel=1e-4)
     assert overall[(None, None, "perplexity")]["value"] == pytest.approx(math.exp(loss["value"]), rel=1e-6)
     assert overall[("chat", "t", "loss")]["value"] == pytest.approx(loss["value"])
+    stderr = overall[(None, None, "loss_stderr")]  # over the 2 records, not their tokens
+    assert stderr["n"] == 2 and stderr["value"] > 0
+    assert stderr["value"] == pytest.approx(loss_stderr(np.array(per_record), np.array(
+        [e.trained_tokens for e in encs], float)), rel=1e-4)
 
 
 def test_row_without_assistant_tokens_is_rejected(trained, tokenizer):

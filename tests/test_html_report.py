@@ -55,7 +55,7 @@ def published(store):
     for index, stage, acc in ((0, "base", 0.40), (1, "nlp", 0.75)):
         rows = [{"run_id": None, "stage": stage, "stage_index": index, "model_hash": stage, "mixture_hash": "m",
                  "suite": "heldout", "source": None, "task": None, "metric": m, "value": v, "n": n}
-                for m, v, n in (("mc_accuracy", acc, 120), ("loss", 3 - acc, 4000))]
+                for m, v, n in (("mc_accuracy", acc, 120), ("loss", 3 - acc, 4000), ("loss_stderr", 0.05, 60))]
         evals.append(run_step(store, "evaluate", 1, {"stage": stage}, {}, stage,
                               lambda w, rows=rows: (w.write("eval", EVAL, rows), w.stats.update(rows_in=2, rows_out=2))))
     report.publish(str(store.root), RUN, "demo/recipe.yaml", "evaluate", evals)
@@ -76,7 +76,8 @@ def test_html_report_is_one_file_with_everything(published):
         assert title in page, title
     assert "bad_json" in page and "line " in page and "{oops" in page  # a reason, its count, an example
     assert "cap_per_task" in page and "0.7500 [0.6656, 0.8189]" in page  # unselected rows; eval with its interval
-    assert "95% Wilson score interval" in page
+    assert "2.2500 [2.1520, 2.3480]" in page  # loss ± 1.96 standard errors
+    assert "Wilson" in page and "standard errors" in page  # the note on the intervals
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG) for i in images)
     assert "http" not in page  # nothing to fetch: it opens offline, anywhere

@@ -97,14 +97,17 @@ def comparison_markdown(root: str, eval_manifests: list[dict]) -> str:
 #: interval of a binomial proportion (accuracies, exact match; conservative for ROUGE-L, whose
 #: per-item scores are fractions).
 BOUNDED = ("accuracy", "accuracy_norm", "exact_match", "rouge_l")
+#: Rows `<metric>_stderr` hold the standard error over records of a token-weighted mean
+#: (`suites.loss_stderr`); they give `<metric>`'s interval (and perplexity's, as exp of loss's).
+STDERR = "_stderr"
 Z = 1.96  # 95% intervals
-INTERVAL = "95% Wilson score interval"
+INTERVAL = "95% interval"
 
 
 def wilson(metric: str, value: float | None, n: int | None) -> tuple[float, float] | None:
     """The 95% Wilson score interval (low, high) of a bounded mean metric over n items; None
-    for loss and perplexity (token-weighted means: the per-item spread is not stored). Unlike
-    p ± 1.96 sqrt(p (1 - p) / n) it is not empty at p = 0 or 1: 0 of 36 gives (0, 0.096)."""
+    for other metrics. Unlike p ± 1.96 sqrt(p (1 - p) / n) it is not empty at p = 0 or 1: 0 of
+    36 gives (0, 0.096)."""
     if value is None or not n or not metric.endswith(BOUNDED) or not 0 <= value <= 1:
         return None
     z2n = Z * Z / n
@@ -121,6 +124,11 @@ def difference_interval(p: float, ci: tuple[float, float], base: float,
     d = p - base
     return (d - math.sqrt((p - ci[0]) ** 2 + (base_ci[1] - base) ** 2),
             d + math.sqrt((ci[1] - p) ** 2 + (base - base_ci[0]) ** 2))
+
+
+def _on_loss_scale(metric: str, value: float) -> float:
+    """Perplexity's intervals and differences are judged on its loss, log(perplexity)."""
+    return math.log(value) if metric == "perplexity" else value
 
 
 def _counts(root: str, eval_manifests: list[dict]) -> dict[tuple, int]:
@@ -141,16 +149,27 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
 
 
-def _cells(metric: str, value, n, base, base_n, is_base: bool) -> dict:
-    ci = wilson(metric, value, n)
-    cell = {"value": value, "low": ci and ci[0], "high": ci and ci[1],
-            "text": _fmt(value) + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")}
+def _interval(metric: str, value, n, se) -> tuple[float, float] | None:
+    """95% interval of a cell: Wilson for bounded means, ±1.96 standard errors for a metric with
+    a stored standard error (exp of the loss interval for perplexity), else None."""
+    if se is None or value is None:
+        return wilson(metric, value, n)
+    if metric == "perplexity":
+        return math.exp(math.log(value) - Z * se), math.exp(math.log(value) + Z * se)
+    return value - Z * se, value + Z * se
+
+
+def _cells(metric: str, value, n, base, base_n, is_base: bool, se=None, base_se=None) -> dict:
+    ci = _interval(metric, value, n, se)
+    cell = {"value": value, "low": ci and ci[0], "high": ci and ci[1], "bounded": metric.endswith(BOUNDED),
+            "text": _fmt(value) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")}
     if is_base or value is None or base is None:
         return cell | {"delta": None, "noise": None, "delta_text": ""}
     delta = value - base
-    base_ci = wilson(metric, base, base_n)
     noise = None
-    if ci and base_ci:
+    if se is not None and base_se is not None:  # independent standard errors (conservative, as below)
+        noise = abs(_on_loss_scale(metric, value) - _on_loss_scale(metric, base)) <= Z * math.hypot(se, base_se)
+    elif ci and (base_ci := wilson(metric, base, base_n)):
         low, high = difference_interval(value, ci, base, base_ci)
         noise = low <= 0 <= high
     return cell | {"delta": delta, "noise": noise,
@@ -159,23 +178,28 @@ def _cells(metric: str, value, n, base, base_n, is_base: bool) -> dict:
 
 def comparison_table(root: str, eval_manifests: list[dict]) -> list[dict]:
     """The comparison as people read it: one row per suite, metric and source with n, each
-    model's rounded value and, for bounded metrics, its 95% Wilson interval `[low, high]`, and
-    each stage's difference to the base model, marked `(noise)` when the 95% interval of the
-    difference (`difference_interval`) holds 0. Rows whose values are all zero or missing
-    (nothing to compare) sort last."""
+    model's rounded value and its 95% interval `[low, high]` (Wilson for bounded metrics,
+    ±1.96 standard errors over records for loss, and exp of that for perplexity), and each
+    stage's difference to the base model, marked `(noise)` when the 95% interval of the
+    difference holds 0 (`difference_interval`; for loss the two standard errors combined).
+    The `_stderr` rows are read into their metric's cells, not shown. Rows whose values are all
+    zero or missing (nothing to compare) sort last."""
     rows = comparison_rows(root, eval_manifests)
     if not rows:
         return []
+    stderr = {(r["suite"], r["metric"][: -len(STDERR)], r["source"]): r for r in rows if r["metric"].endswith(STDERR)}
+    rows = [r for r in rows if not r["metric"].endswith(STDERR)]
     counts = _counts(root, eval_manifests)
     models = [c for c in rows[0] if c not in _KEYS]
     base = models[0]
     table = []
     for r in rows:
         key = (r["suite"], r["metric"], r["source"])
+        se_row = stderr.get((key[0], "loss" if key[1] == "perplexity" else key[1], key[2]), {})
         ns = {m: counts.get(key + (m.split(":", 1)[1],)) for m in models}
         out = {"suite": key[0], "metric": key[1], "source": key[2], "n": max((v for v in ns.values() if v), default=None)}
         for m in models:
-            c = _cells(key[1], r[m], ns[m], r[base], ns[base], m == base)
+            c = _cells(key[1], r[m], ns[m], r[base], ns[base], m == base, se_row.get(m), se_row.get(base))
             out[m] = c["text"]
             if m != base:
                 out[f"{m} Δ"] = c["delta_text"]
@@ -199,10 +223,12 @@ def table_markdown(table: list[dict], title: str = "Evaluation: base vs stages")
 
 
 #: What the table's numbers mean (under the markdown table and the HTML report's).
-NOTE = (f"n: items (tokens for loss and perplexity). [low, high]: the {INTERVAL} for accuracy and exact match "
-        "(conservative for ROUGE-L), not empty at 0 or 1; loss and perplexity store no per-item spread, so no "
-        "interval. Δ: the stage minus the base model; (noise): the 95% interval of the difference (Newcombe's "
-        "score method, from the two Wilson intervals) holds 0.")
+NOTE = ("n: items (tokens for loss and perplexity). [low, high]: the 95% interval: Wilson's score interval for "
+        "accuracy and exact match (conservative for ROUGE-L), not empty at 0 or 1; for loss, ±1.96 standard errors "
+        "over held-out records (not tokens: a reply's tokens are not independent), and its exp for perplexity. "
+        "Δ: the stage minus the base model; (noise): the 95% interval of the difference holds 0 (Newcombe's score "
+        "method from the two Wilson intervals; for loss and perplexity the two standard errors combined). Both "
+        "treat the models' scores as independent samples, which is conservative for models scored on the same items.")
 
 
 def table_plain(table: list[dict]) -> list[dict]:

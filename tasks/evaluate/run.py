@@ -30,7 +30,7 @@ from tasks.step import input_ref, logger, run_step
 from tasks.store import ArtifactStore, file_sha256
 from tasks.tokens.chat import encode
 
-VERSION = 1
+VERSION = 2  # 2: heldout loss_stderr rows (standard error over records)
 
 EVAL = pa.schema([
     ("run_id", pa.string()),
@@ -43,7 +43,7 @@ EVAL = pa.schema([
     ("task", pa.string()),  # null = all tasks of the source
     ("metric", pa.string()),
     ("value", pa.float64()),
-    ("n", pa.int64()),  # tokens for loss/perplexity, items otherwise
+    ("n", pa.int64()),  # tokens for loss/perplexity, records for loss_stderr, items otherwise
 ])
 
 GENERATIONS = pa.schema([

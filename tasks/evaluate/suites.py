@@ -8,6 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+import numpy as np
+
 from tasks.evaluate.metrics import exact_match, rouge_l
 from tasks.evaluate.mmlu import LETTERS, MmluItem, cloze_prompt, mmlu_prompt
 from tasks.evaluate.scoring import (
@@ -116,19 +118,30 @@ def heldout_loss(sc: Scorer, records: list[dict]) -> tuple[SuiteResult, set[str]
         truncated += bool(enc.truncated)
         seqs.append((list(enc.input_ids), list(enc.labels)))
         kept.append(r)
-    nll: dict = defaultdict(float)
-    tokens: dict = defaultdict(int)
+    per_record: dict = defaultdict(list)  # key -> [(negative log-likelihood, tokens) per record]
     for r, s in zip(kept, sc.score(seqs)):
         for key in _levels(r["source"], r["task"]):
-            nll[key] -= s.logprob
-            tokens[key] += s.n_tokens
-    for key in sorted(nll, key=_sort_key):
-        loss = nll[key] / tokens[key]
-        res.rows.append(metric_row("heldout", *key, "loss", loss, tokens[key]))
-        res.rows.append(metric_row("heldout", *key, "perplexity", math.exp(min(loss, 700.0)), tokens[key]))
+            per_record[key].append((-s.logprob, s.n_tokens))
+    for key in sorted(per_record, key=_sort_key):
+        nll, tokens = (np.asarray(v, np.float64) for v in zip(*per_record[key]))
+        loss = nll.sum() / tokens.sum()
+        res.rows.append(metric_row("heldout", *key, "loss", loss, tokens.sum()))
+        res.rows.append(metric_row("heldout", *key, "perplexity", math.exp(min(loss, 700.0)), tokens.sum()))
+        if len(nll) > 1:
+            res.rows.append(metric_row("heldout", *key, "loss_stderr", loss_stderr(nll, tokens), len(nll)))
     res.stats = {"heldout_rows": len(kept), "heldout_truncated": truncated,
-                 "heldout_tokens": tokens.get((None, None), 0)}
+                 "heldout_tokens": int(sum(t for _, t in per_record.get((None, None), [])))}
     return res, {r["record_id"] for r in kept}
+
+
+def loss_stderr(nll: np.ndarray, tokens: np.ndarray) -> float:
+    """Standard error of the token-weighted mean loss sum(nll) / sum(tokens) over k >= 2 records
+    (negative log-likelihood and token count per record): the ratio estimator's linearised
+    standard error, sqrt(k / (k - 1) * sum((nll_i - loss * tokens_i) ** 2)) / sum(tokens). The
+    record, not the token, is the unit sampled, so tokens of one reply are not taken as independent."""
+    k, total = len(nll), tokens.sum()
+    resid = nll - nll.sum() / total * tokens
+    return float(math.sqrt(k / (k - 1) * float(resid @ resid)) / total)
 
 
 def _sort_key(key: tuple) -> tuple:
