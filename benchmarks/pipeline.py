@@ -66,18 +66,20 @@ def _mutate(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def generate(root: Path, n: int, seed: int = 0, files_per_format: int = 4) -> dict:
-    """Write about `n` rows split over four formats; returns the recipe dict."""
+def generate(root: Path, n: int, seed: int = 0, files_per_format: int = 4, workers: int = 1) -> dict:
+    """Write about `n` rows split over four formats (files written on `workers` processes; each
+    file's rows depend only on its seed); returns the recipe dict."""
     root.mkdir(parents=True, exist_ok=True)
     shares = {"flan": 0.4, "p3": 0.2, "dolly": 0.25, "sharegpt": 0.15}
-    recipe_sources = []
+    recipe_sources, jobs = [], []
     for fmt, share in shares.items():
         rows_fmt = int(n * share)
         per_file = math.ceil(rows_fmt / files_per_format)
         for f in range(files_per_format):
-            path = root / f"{fmt}-{f:02d}.jsonl"
-            _write_format(path, fmt, min(per_file, rows_fmt - f * per_file), seed * 1000 + f)
+            jobs.append((root / f"{fmt}-{f:02d}.jsonl", fmt, min(per_file, rows_fmt - f * per_file), seed * 1000 + f))
         recipe_sources.append({"name": fmt, "format": fmt, "path": f"{fmt}-*.jsonl"})
+    with cf.ProcessPoolExecutor(max(workers, 1)) as pool:
+        list(pool.map(_write_format, *zip(*jobs)))
     recipe = {
         "sources": recipe_sources,
         "on_error": "lenient",
@@ -182,6 +184,11 @@ class RssSampler:
 
 def _bytes(root: Path, manifests: list[dict]) -> int:
     return sum(p["bytes"] for m in manifests for parts in m["tables"].values() for p in parts)
+
+
+def _du(path: Path) -> float:
+    """GB on disk under `path`."""
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file()) / 2**30
 
 
 def run_steps(data: Path, out: Path, workers: int) -> list[dict]:
@@ -320,7 +327,7 @@ def main() -> None:
         work = Path(args.workdir) / f"n{n}"
         shutil.rmtree(work, ignore_errors=True)
         t0 = time.perf_counter()
-        generate(work / "data", n)
+        generate(work / "data", n, workers=args.workers)
         gen_s = time.perf_counter() - t0
         json_gb = sum(p.stat().st_size for p in (work / "data").glob("*.jsonl")) / 2**30
         print(f"\n== {n:,} records ({json_gb:.2f} GB of JSON, generated in {gen_s:.0f} s)", flush=True)
@@ -331,6 +338,7 @@ def main() -> None:
         total = sum(r["seconds"] for r in results)
         totals[n] = total
         print(f"{'total':<18}{total:>9.1f}   peak RSS {max(r['peak_rss_gb'] for r in results):.2f} GB")
+        print(f"disk: data {_du(work / 'data'):.2f} GB, artifacts {_du(work / 'artifacts'):.2f} GB")
         if args.flow and n == max(args.sizes):
             flow_s = run_flow(work / "data", work / "artifacts-flow")
             print(f"Prefect prepare flow: {flow_s:.1f} s wall; orchestration share "

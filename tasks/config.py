@@ -63,7 +63,7 @@ class DedupConfig(Section):
     seed: int = 1  # MinHash permutation seed (datasketch's)
     template_variants: Literal["keep", "dedup"] = "keep"  # same example_id, different template
     verify: Literal["exact", "estimate"] = "exact"  # candidate pairs: exact Jaccard or signature estimate
-    # LSH bands/rows come from datasketch's optimiser with these weights; false negatives weigh
+    # LSH bands/rows are datasketch's optimiser's choice with these weights; false negatives weigh
     # more by default because every candidate pair is verified, so false positives cost only time.
     false_positive_weight: float = Field(0.2, gt=0, lt=1)
     false_negative_weight: float = Field(0.8, gt=0, lt=1)

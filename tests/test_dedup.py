@@ -170,6 +170,16 @@ def test_kernels_fall_back_to_jit_when_the_build_fails(monkeypatch, caplog):
     assert aot.load() is kernels
 
 
+def test_lsh_bands_and_rows_are_datasketchs():
+    from datasketch.lsh import _optimal_param
+
+    for num_perm in (16, 64, 128, 256):
+        for threshold in (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95):
+            for weights in ((0.5, 0.5), (0.2, 0.8), (0.9, 0.1)):
+                assert mh.lsh_params(threshold, num_perm, *weights) == _optimal_param(threshold, num_perm, *weights), (
+                    threshold, num_perm, weights)
+
+
 def test_unit_hash_definition():
     """The unit hash on its own: lengths across the 8-byte chunk boundaries, and its known values."""
     for n in range(1, 30):

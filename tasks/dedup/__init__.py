@@ -38,8 +38,9 @@ same example in two sources is not a template variant: it is removed like any du
 
 Documented edge cases: a record whose projection is empty (no turns of the projected
 role) has no exact key and is never compared or removed; a text with fewer units than
-`shingle_size` is matched exactly only; LSH bands/rows come from datasketch's
-`_optimal_param(threshold, num_perm, false_positive_weight, false_negative_weight)`.
+`shingle_size` is matched exactly only; LSH bands/rows are those datasketch's
+`_optimal_param(threshold, num_perm, false_positive_weight, false_negative_weight)` chooses
+(`minhash.lsh_params`: the same optimisation, its integrals by exact quadrature).
 """
 from tasks.dedup.cluster import dedup, survivors
 from tasks.dedup.signatures import signatures
