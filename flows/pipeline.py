@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import opaque
 
 from flows.steps import DATA_STEPS, STEPS
 from flows.tasks import (
@@ -131,17 +132,39 @@ def _done(until: str | None, step: str) -> bool:
     return until is not None and STEPS.index(step) >= STEPS.index(until)
 
 
+def _opaque(value):
+    """A task argument wrapped in Prefect's `opaque` (each item of a list): Prefect resolves a
+    future to its result but walks neither into that result nor into the recipe looking for more
+    futures, as it does for every task run's arguments by default. Strings and numbers stay
+    plain: task run names are formatted from them."""
+    if isinstance(value, list):
+        return [_opaque(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float)) else opaque(value)
+
+
+def call(task, *args):
+    """`task(*args)` in the flow's thread with its arguments `_opaque`: Prefect still records
+    the futures among them as the task run's upstream, so the UI draws the edges."""
+    return task(*[_opaque(a) for a in args])
+
+
 def submit(task, *args):
     """`task.submit(*args)`, recording every future among the arguments as the task run's
     upstream (`task_inputs`). A process pool resolves the futures before the task run is
-    created in the worker, so Prefect would record none and draw an unconnected DAG."""
+    created in the worker, so Prefect would record none and draw an unconnected DAG. On threads
+    (small runs, where Prefect's per-task cost shows) the arguments are `_opaque`; not on a
+    process pool, which unwraps them before the worker's engine walks them anyway, nor on Dask,
+    which would take `opaque`, a tuple, apart."""
     from prefect.context import FlowRunContext
     from prefect.utilities.callables import get_call_parameters
     from prefect.utilities.engine import collect_task_run_inputs_sync
 
+    runner = FlowRunContext.get().task_runner
+    if isinstance(runner, ThreadPoolTaskRunner):
+        args = tuple(_opaque(a) for a in args)
     parameters = get_call_parameters(task.fn, args, {})
     upstream = {name: collect_task_run_inputs_sync(value) for name, value in parameters.items()}
-    return FlowRunContext.get().task_runner.submit(task, parameters, dependencies=upstream)
+    return runner.submit(task, parameters, dependencies=upstream)
 
 
 def _raise_first_failure(futures: list) -> None:
@@ -175,37 +198,37 @@ def prepare(recipe_path: str, out: str = "artifacts", until: str | None = None, 
     sigs = ([] if _done(until, "convert") else
             [submit(signatures_task, root, recipe, fut, label) for fut, label in zip(converted, labels)])
     _raise_first_failure(ingest)
-    publish_task(root, run_id, recipe_path, "ingest", ingest)
+    call(publish_task, root, run_id, recipe_path, "ingest", ingest)
     if _done(until, "ingest"):
         return result
     _raise_first_failure(converted)
-    publish_task(root, run_id, recipe_path, "convert", converted)
+    call(publish_task, root, run_id, recipe_path, "convert", converted)
     if _done(until, "convert"):
         return result
 
     _raise_first_failure(sigs)
-    publish_task(root, run_id, recipe_path, "dedup-signatures", sigs)
-    dedup_m = dedup_task(root, recipe, converted, sigs)
-    publish_task(root, run_id, recipe_path, "dedup", [dedup_m])
+    call(publish_task, root, run_id, recipe_path, "dedup-signatures", sigs)
+    dedup_m = call(dedup_task, root, recipe, converted, sigs)
+    call(publish_task, root, run_id, recipe_path, "dedup", [dedup_m])
     if _done(until, "dedup"):
         return result
 
-    split_m = split_task(root, recipe, dedup_m)
-    publish_task(root, run_id, recipe_path, "split", [split_m])
+    split_m = call(split_task, root, recipe, dedup_m)
+    call(publish_task, root, run_id, recipe_path, "split", [split_m])
     result["split"] = split_m
     if _done(until, "split"):
         return result
 
-    validate_m = validate_task(root, recipe, split_m)
-    publish_task(root, run_id, recipe_path, "validate", [validate_m])
-    gate_task(validate_m)
+    validate_m = call(validate_task, root, recipe, split_m)
+    call(publish_task, root, run_id, recipe_path, "validate", [validate_m])
+    call(gate_task, validate_m)
     if _done(until, "validate"):
         return result
 
-    tok_m = tokenizer_task(root, recipe, validate_m)
-    publish_task(root, run_id, recipe_path, "tokenizer", [tok_m])
-    mix_m = mix_task(root, recipe, validate_m, split_m, tok_m)
-    publish_task(root, run_id, recipe_path, "mix", [mix_m])
+    tok_m = call(tokenizer_task, root, recipe, validate_m)
+    call(publish_task, root, run_id, recipe_path, "tokenizer", [tok_m])
+    mix_m = call(mix_task, root, recipe, validate_m, split_m, tok_m)
+    call(publish_task, root, run_id, recipe_path, "mix", [mix_m])
     result.update(tokenizer=tok_m, mix=mix_m)
     return result
 
@@ -218,9 +241,9 @@ def train(recipe_path: str, prepared: dict, recipe: Recipe | None = None) -> dic
     models: dict[str, dict] = {}
     previous = None
     for stage in recipe.stages:
-        previous = train_task(root, recipe, prepared["mix"], prepared["tokenizer"], stage.name, previous)
+        previous = call(train_task, root, recipe, prepared["mix"], prepared["tokenizer"], stage.name, previous)
         models[stage.name] = previous
-    publish_task(root, run_id, recipe_path, "train", list(models.values()))
+    call(publish_task, root, run_id, recipe_path, "train", list(models.values()))
     return models
 
 
@@ -235,10 +258,10 @@ def evaluate(recipe_path: str, prepared: dict, models: dict, run_id: str | None 
     recipe = as_parsed(recipe_path, recipe)
     root, run_id = prepared["root"], run_id or prepared["run_id"]
     args = (prepared["split"], prepared["mix"], prepared["tokenizer"])
-    results = [evaluate_task(root, recipe, "base", None, *args)]
+    results = [call(evaluate_task, root, recipe, "base", None, *args)]
     for stage in recipe.stages:
-        results.append(evaluate_task(root, recipe, stage.name, models[stage.name], *args))
-    publish_task(root, run_id, recipe_path, "evaluate", results)
+        results.append(call(evaluate_task, root, recipe, stage.name, models[stage.name], *args))
+    call(publish_task, root, run_id, recipe_path, "evaluate", results)
     return results
 
 
@@ -259,7 +282,7 @@ def pipeline(recipe_path: str, out: str = "artifacts", until: str | None = None,
         models = train(recipe_path, prepared, recipe=recipe)
         if until != "train" and recipe.evaluate.enabled:
             done["evaluate"] = [m["dir"] for m in evaluate(recipe_path, prepared, models, recipe=recipe)]
-    done["report"] = report_task(done["root"], run_id, recipe_path)
+    done["report"] = call(report_task, done["root"], run_id, recipe_path)
     return done
 
 
