@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.dedup import dedup, partitions, signatures
-from tasks.dedup.mapper import auto_mapper, dask_map, local_map
+from tasks.dedup.mapper import auto_mapper, dask_map, local_map, local_threads, thread_map
 from tasks.store import ArtifactStore
 from test_dedup import convert_manifest, recipe
 from test_dedup_partitions import rows_with_duplicates
@@ -58,8 +58,19 @@ def test_dask_workers_give_the_local_artifacts(tmp_path, monkeypatch, cluster, c
         k: v for k, v in local["stats"].items() if k not in drop}
 
 
-def test_auto_mapper_is_local_outside_a_dask_flow():
-    assert auto_mapper() is local_map
+def test_auto_mapper_is_threads_outside_a_dask_flow():
+    assert auto_mapper() is local_threads
+
+
+def test_threads_give_the_local_artifacts(tmp_path, monkeypatch):
+    monkeypatch.setattr(partitions, "MAX_TASK_ENTRIES", 500)  # many key tasks, finishing in any order
+    rows = rows_with_duplicates(7)
+    shards = [rows[:250], rows[250:480], rows[480:]]
+    rd, convs, sigs = steps(tmp_path / "local", shards)
+    local = dedup(str(tmp_path / "local"), rd, convs, sigs, mapper=local_map)
+    rd, convs, sigs = steps(tmp_path / "threads", shards)
+    threads = dedup(str(tmp_path / "threads"), rd, convs, sigs, mapper=thread_map(3))
+    assert artifacts(threads) == artifacts(local) and local["stats"]["rows_rejected"] > 20
 
 
 @pytest.mark.slow

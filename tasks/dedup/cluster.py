@@ -4,8 +4,8 @@ Out of core: the band keys and exact keys are on disk, partitioned by key
 (`tasks.dedup.partitions`), and read one task (a range of partitions) at a time; each task
 returns only what it found (exact groups, candidate pairs), so the step's memory is one task's
 keys plus what is proportional to the duplicates (their ids, keep-rule columns, shingle
-hashes), never N records. Tasks run one after another, or on a Dask cluster (`mapper`,
-`tasks.dedup.mapper`), with the same results.
+hashes), never N records. Tasks run on a thread per core, one after another, or on a Dask
+cluster (`mapper`, `tasks.dedup.mapper`), with the same results.
 
 Reads the partitions and, of the records in an exact group or a candidate pair only (a
 number proportional to the duplicates): their keep-rule columns from `dedup_signatures`, and
@@ -554,7 +554,7 @@ def dedup(root: str, recipe: dict, convert_manifests: list[dict], signature_mani
     """Step `dedup` over all convert shards; returns its manifest (tables dedup_clusters,
     dedup_removed, rejects; `survivors()` reads the kept records through it). `mapper` runs the
     step's tasks (`tasks.dedup.mapper`; default `auto_mapper()`: on the Dask cluster of a flow
-    run under prefect-dask's DaskTaskRunner, else here, one after another): the artifacts are
+    run under prefect-dask's DaskTaskRunner, else here, on a thread per core): the artifacts are
     the same wherever they run."""
     rec = as_recipe(recipe)
     cfg = rec.dedup
