@@ -11,12 +11,12 @@ from concurrent.futures import Executor
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
 
 from flows import report
 from flows.logs import hide_in_workers
 from tasks.config import Recipe
 from tasks.convert import convert_shard
+from tasks.dask_runner import dask_client, flow_dask_runner
 from tasks.dedup import dedup, signatures
 from tasks.ingest.run import ingest_file
 from tasks.mix import mix
@@ -77,18 +77,12 @@ def mix_task(root: str, recipe: Recipe, validate_manifest: dict, split_manifest:
 @contextlib.contextmanager
 def dask_executor() -> Iterator[Executor | None]:
     """A `concurrent.futures` executor on the Dask cluster of this flow run when its task runner
-    is prefect-dask's DaskTaskRunner (flows.pipeline.shard_runner, TUNELINE_DASK_ADDRESS), else None."""
-    runner = getattr(FlowRunContext.get(), "task_runner", None)
-    if type(runner).__name__ != "DaskTaskRunner":
+    is prefect-dask's DaskTaskRunner (`tasks.dask_runner`), else None."""
+    runner = flow_dask_runner()
+    if runner is None:
         yield None
         return
-    client = getattr(runner, "_client", None)  # prefect-dask's client of the flow run
-    if client is not None:
-        yield client.get_executor(pure=False)
-        return
-    from distributed import Client
-
-    with Client(runner.address, set_as_default=False) as client:
+    with dask_client(runner) as client:
         yield client.get_executor(pure=False)
 
 

@@ -1,13 +1,17 @@
 """The convert step: counts, several records per row, strict mode, determinism and caching."""
+import hashlib
 import json
 import os
+import random
 
 import pytest
 
 from tasks.convert import convert_shard
 from tasks.errors import InputError
+from tasks.ingest.common import canonical_json, fast_record_id, make_record, stable_hash
 from tasks.ingest.run import ingest_file
 from tasks.recipe import parse_recipe
+from tasks.schema import record_id, turn_text
 from tasks.store import file_sha256
 
 YAML = """dataset: toy
@@ -168,10 +172,6 @@ def test_fast_record_id_and_stable_hash_are_the_schema_ones():
     """make_record hashes plain turns through orjson: the same ids as tasks.schema.record_id for
     every kind of character (controls, quotes, backslashes, non-BMP), turns with extras and tools;
     a lone surrogate still raises what record_id raises."""
-    import random
-
-    from tasks.ingest.common import canonical_json, fast_record_id, make_record, stable_hash
-    from tasks.schema import record_id, turn_text
 
     rng = random.Random(7)
     alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\u2029", "\ufeff", "\U0001F600", "中", "\\", '"', "/"]
@@ -195,7 +195,7 @@ def test_fast_record_id_and_stable_hash_are_the_schema_ones():
                           origin_file="f", origin_row=i)
         assert rec["n_chars"] == sum(len(turn_text(m)) for m in msgs)
         parts = (text(), i, [text(), {"k": text(), "a": None}], 1.5)
-        assert stable_hash(*parts) == __import__("hashlib").sha256(canonical_json(list(parts)).encode()).hexdigest()
+        assert stable_hash(*parts) == hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()
     bad = [{"role": "user", "content": "lone \ud800 surrogate"}]
     with pytest.raises(UnicodeEncodeError):
         record_id("s", bad)

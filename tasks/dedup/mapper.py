@@ -24,6 +24,8 @@ import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Sequence
 
+from tasks.dask_runner import dask_client, flow_dask_runner
+
 Mapper = Callable[[Callable, Sequence[tuple]], list]
 
 
@@ -80,43 +82,15 @@ def dask_map(client) -> Mapper:
     return mapper
 
 
-def _dask_runner():
-    """The prefect-dask DaskTaskRunner of the Prefect flow run this runs in, or None."""
-    try:
-        from prefect.context import FlowRunContext
-    except ImportError:  # pragma: no cover - Prefect is a dependency
-        return None
-    ctx = FlowRunContext.get()
-    runner = getattr(ctx, "task_runner", None) if ctx is not None else None
-    return runner if runner is not None and type(runner).__name__ == "DaskTaskRunner" else None
-
-
 def auto_mapper() -> Mapper:
-    """`dask_map` on the flow run's Dask cluster under a DaskTaskRunner, else `local_threads`.
-
-    On a Dask worker (a task the runner sent there) the worker's client is used and the
-    worker's thread is given back while the tasks run (`worker_client`); in the flow's own
-    process (a task called in the flow, as flows/pipeline.py calls `dedup`), the runner's
-    client, or a client of the runner's scheduler."""
-    runner = _dask_runner()
+    """`dask_map` on the flow run's Dask cluster under a DaskTaskRunner (`tasks.dask_runner`:
+    the worker's client on a worker, the runner's in the flow's process), else `local_threads`."""
+    runner = flow_dask_runner()
     if runner is None:
         return local_threads
 
     def mapper(fn: Callable, args: Sequence[tuple]) -> list:
-        from distributed import Client, get_worker, worker_client
-
-        try:
-            get_worker()
-            on_worker = True
-        except ValueError:
-            on_worker = False
-        if on_worker:
-            with worker_client() as client:
-                return dask_map(client)(fn, args)
-        client = getattr(runner, "_client", None)  # prefect-dask keeps its client there
-        if client is not None:
-            return dask_map(client)(fn, args)
-        with Client(runner.address, set_as_default=False) as client:
+        with dask_client(runner) as client:
             return dask_map(client)(fn, args)
 
     return mapper

@@ -154,9 +154,9 @@ def _interval(metric: str, value, n, se) -> tuple[float, float] | None:
     a stored standard error (exp of the loss interval for perplexity), else None."""
     if se is None or value is None:
         return wilson(metric, value, n)
-    if metric == "perplexity":
-        return math.exp(math.log(value) - Z * se), math.exp(math.log(value) + Z * se)
-    return value - Z * se, value + Z * se
+    centre = _on_loss_scale(metric, value)
+    low, high = centre - Z * se, centre + Z * se
+    return (math.exp(low), math.exp(high)) if metric == "perplexity" else (low, high)
 
 
 def _cells(metric: str, value, n, base, base_n, is_base: bool, se=None, base_se=None) -> dict:
